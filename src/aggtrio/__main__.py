@@ -1,0 +1,3 @@
+from aggtrio.cli import main
+
+main()
