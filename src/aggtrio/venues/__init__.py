@@ -1,0 +1,14 @@
+"""Venue adapters, by wire name."""
+
+from __future__ import annotations
+
+from aggtrio.venues.base import VenueAdapter
+from aggtrio.venues.binance import BinanceAdapter
+from aggtrio.venues.bitstamp import BitstampAdapter
+
+ADAPTERS: dict[str, type[VenueAdapter]] = {
+    adapter.name: adapter for adapter in (BinanceAdapter, BitstampAdapter)
+}
+DEFAULT_VENUES: tuple[str, ...] = ("binance", "bitstamp")
+
+__all__ = ["ADAPTERS", "DEFAULT_VENUES", "VenueAdapter"]

@@ -1,0 +1,86 @@
+"""Bitstamp: the ``order_book_<pair>`` channel (top 100 levels, pushed when the top changes).
+
+A quiet book can be silent for a long time, so liveness rests on the client heartbeat,
+which Bitstamp answers: silence after a heartbeat is staleness, silence alone is not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import orjson
+
+from aggtrio.model import VenueBook
+from aggtrio.venues.base import (
+    AdapterEvent,
+    MalformedMessageError,
+    ReconnectRequested,
+    Subscribed,
+    VenueAdapter,
+    VenueError,
+    check_not_crossed,
+    parse_side,
+)
+
+CHANNEL_PREFIX = "order_book_"
+HEARTBEAT = orjson.dumps({"event": "bts:heartbeat"}).decode()
+
+
+class BitstampAdapter(VenueAdapter):
+    name: ClassVar[str] = "bitstamp"
+    default_url: ClassVar[str] = "wss://ws.bitstamp.net"
+    default_liveness_timeout: ClassVar[float] = 15.0  # three heartbeats unanswered
+    heartbeat_interval: ClassVar[float | None] = 5.0
+
+    def __init__(self, symbols: Sequence[str], depth: int) -> None:
+        super().__init__(symbols, depth)
+        self._symbol_by_channel = {CHANNEL_PREFIX + s.lower(): s for s in self.symbols}
+
+    def connect_url(self, base_url: str) -> str:
+        return base_url.rstrip("/")
+
+    def subscribe_messages(self) -> list[str]:
+        return [
+            orjson.dumps({"event": "bts:subscribe", "data": {"channel": channel}}).decode()
+            for channel in self._symbol_by_channel
+        ]
+
+    def heartbeat_message(self) -> str:
+        return HEARTBEAT
+
+    def handle_message(self, message: str | bytes, recv_ns: int) -> list[AdapterEvent]:
+        try:
+            envelope = orjson.loads(message)
+        except orjson.JSONDecodeError as exc:
+            raise MalformedMessageError(f"invalid JSON: {exc}") from None
+        if not isinstance(envelope, dict):
+            raise MalformedMessageError("message is not a JSON object")
+        event = envelope.get("event")
+        if event == "data":
+            return [self._book(envelope, recv_ns)]
+        if event == "bts:heartbeat":
+            return []
+        if event == "bts:subscription_succeeded":
+            symbol = self._symbol_by_channel.get(envelope.get("channel"))  # type: ignore[arg-type]
+            return [Subscribed(symbol)] if symbol else []
+        if event == "bts:request_reconnect":
+            return [ReconnectRequested("bitstamp requested a reconnect")]
+        if event == "bts:error":
+            return [VenueError(f"bitstamp error: {envelope.get('data')!r:.200}")]
+        if event == "bts:unsubscription_succeeded":
+            return []
+        raise MalformedMessageError(f"unexpected event {event!r:.60}")
+
+    def _book(self, envelope: dict[str, Any], recv_ns: int) -> VenueBook:
+        channel = envelope.get("channel")
+        symbol = self._symbol_by_channel.get(channel) if isinstance(channel, str) else None
+        if symbol is None:
+            raise MalformedMessageError(f"data for a channel we did not subscribe: {channel!r:.60}")
+        data = envelope.get("data")
+        if not isinstance(data, dict):
+            raise MalformedMessageError("data message without a data object")
+        bids = parse_side(data.get("bids"), self.depth, descending=True, side="bids")
+        asks = parse_side(data.get("asks"), self.depth, descending=False, side="asks")
+        check_not_crossed(bids, asks)
+        return VenueBook(self.name, symbol, bids, asks, recv_ns)
