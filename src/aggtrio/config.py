@@ -1,0 +1,140 @@
+"""The service's configuration: one frozen value, and the parsers that build it.
+
+Every parser raises ConfigError with a one-line reason; the CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import attrs
+
+from aggtrio.symbols import InvalidSymbolError, parse_symbol_list
+from aggtrio.venues import ADAPTERS, DEFAULT_VENUES
+
+MAX_DEPTH = 1000
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message is a one-line reason."""
+
+
+def _frozen_mapping(value: Mapping[str, str]) -> Mapping[str, str]:
+    return types.MappingProxyType(dict(value))
+
+
+@attrs.frozen(kw_only=True)
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    symbols: tuple[str, ...] = ("ETHBTC",)
+    venues: tuple[str, ...] = DEFAULT_VENUES
+    # Replacement base endpoints (scheme://host:port) by venue name.
+    venue_urls: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
+    depth: int = 10
+    log_level: str = "INFO"
+    # Seconds without any message before a venue connection counts as stale; None means
+    # each venue's own default.
+    liveness_timeout: float | None = None
+
+    @property
+    def default_symbol(self) -> str:
+        return self.symbols[0]
+
+    def base_url(self, venue: str) -> str:
+        return self.venue_urls.get(venue, ADAPTERS[venue].default_url)
+
+
+def parse_port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise ConfigError(f"port {text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"port {port} is out of range 0-65535")
+    return port
+
+
+def parse_symbols(text: str) -> tuple[str, ...]:
+    try:
+        return parse_symbol_list(text)
+    except InvalidSymbolError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def parse_venues(text: str) -> tuple[str, ...]:
+    venues: list[str] = []
+    for part in text.split(","):
+        name = part.strip().lower()
+        if name not in ADAPTERS:
+            raise ConfigError(f"unknown venue {part.strip()!r} (known: {', '.join(ADAPTERS)})")
+        if name not in venues:
+            venues.append(name)
+    return tuple(venues)
+
+
+def parse_venue_url(text: str) -> tuple[str, str]:
+    """Parse ``NAME=ws[s]://host[:port]`` into (venue, base URL)."""
+    name, sep, url = text.partition("=")
+    name = name.strip().lower()
+    if not sep:
+        raise ConfigError(f"venue URL {text!r} is not NAME=URL")
+    if name not in ADAPTERS:
+        raise ConfigError(f"unknown venue {name!r} in venue URL (known: {', '.join(ADAPTERS)})")
+    url = url.strip()
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss"):
+        raise ConfigError(f"venue URL {url!r} must start with ws:// or wss://")
+    try:
+        parts.port  # noqa: B018 - raises ValueError when the port is not a number
+    except ValueError:
+        raise ConfigError(f"venue URL {url!r} has an invalid port") from None
+    if not parts.hostname:
+        raise ConfigError(f"venue URL {url!r} has no host")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigError(
+            f"venue URL {url!r} must be a base endpoint (scheme, host, port): "
+            "the adapter adds the path"
+        )
+    return name, f"{parts.scheme}://{parts.netloc}"
+
+
+def parse_venue_urls(texts: list[str]) -> dict[str, str]:
+    return dict(parse_venue_url(text) for text in texts)
+
+
+def parse_depth(text: str) -> int:
+    try:
+        depth = int(text)
+    except ValueError:
+        raise ConfigError(f"depth {text!r} is not a number") from None
+    if not 1 <= depth <= MAX_DEPTH:
+        raise ConfigError(f"depth {depth} is out of range 1-{MAX_DEPTH}")
+    return depth
+
+
+def parse_log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"log level {text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigError(f"{text!r} is not a number of seconds") from None
+    if not 0 < seconds < 86400:
+        raise ConfigError(f"{seconds:g} seconds is out of range (0, 86400)")
+    return seconds
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True
+    )

@@ -1,0 +1,249 @@
+"""The one connect / subscribe / read / reconnect loop that drives every venue adapter.
+
+A feed never dies because of what a venue does: connection errors, handshake failures,
+stalls and malformed messages are logged and counted, the venue is reported down to the
+aggregator at once, and the loop reconnects with capped exponential backoff and jitter.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import time
+from collections.abc import Callable
+
+import attrs
+import trio
+import trio_websocket
+
+from aggtrio.model import BookEvent, VenueBook, VenueDown
+from aggtrio.venues.base import (
+    MalformedMessageError,
+    ReconnectRequested,
+    Subscribed,
+    VenueAdapter,
+    VenueError,
+)
+
+log = logging.getLogger(__name__)
+
+# A queue of a few messages keeps trio-websocket's reader (and so its ping replies) running
+# while we hand a message on, and sidesteps its close-with-unread-messages bug (STACK.md).
+MESSAGE_QUEUE_SIZE = 16
+MAX_MESSAGE_SIZE = 4 * 1024 * 1024
+CONNECT_TIMEOUT = 10.0
+DISCONNECT_TIMEOUT = 2.0
+SAMPLE_CHARS = 200
+
+
+class FeedState(enum.Enum):
+    CONNECTING = "connecting"
+    SUBSCRIBED = "subscribed"
+    LIVE = "live"
+    BACKING_OFF = "backing off"
+
+
+@attrs.frozen(slots=True)
+class Backoff:
+    """Capped exponential backoff with jitter.
+
+    The first retry after a connection that had been up is immediate (venues drop healthy
+    connections routinely); after that each failure doubles the delay up to `maximum`. A
+    connection that stays up for `stable_after` seconds resets the sequence.
+    """
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    stable_after: float = 30.0
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        if failures <= 1:
+            return 0.0
+        ceiling = min(self.maximum, self.initial * 2.0 ** (failures - 2))
+        # "Equal jitter": at least half the ceiling, so retries never collapse to a tight loop.
+        return ceiling / 2.0 + rng.uniform(0.0, ceiling / 2.0)
+
+
+@attrs.define
+class FeedStats:
+    """What an operator wants to know about one venue connection."""
+
+    venue: str
+    state: FeedState = FeedState.CONNECTING
+    messages: int = 0
+    malformed: int = 0
+    venue_errors: int = 0
+    reconnects: int = 0
+    last_message_ns: int = 0
+
+
+class StaleFeedError(Exception):
+    """Nothing arrived within the liveness timeout."""
+
+
+class _ReconnectNow(Exception):
+    """The venue asked for a reconnect; raised out of the read loop to close the connection."""
+
+
+class _RateLimitedLog:
+    """Logs the first occurrence, then at most one line per `interval` with a suppressed count."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last = -float("inf")
+        self._suppressed = 0
+
+    def __call__(self, emit: Callable[[str], None], message: str) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += f" (+{self._suppressed} similar suppressed)"
+        self._last, self._suppressed = now, 0
+        emit(message)
+
+
+class Feed:
+    """Runs one venue connection for a set of symbols, forever, until cancelled."""
+
+    def __init__(
+        self,
+        adapter: VenueAdapter,
+        base_url: str,
+        events: trio.MemorySendChannel[BookEvent],
+        *,
+        liveness_timeout: float | None = None,
+        backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.url = adapter.connect_url(base_url)
+        self.liveness_timeout = liveness_timeout or adapter.default_liveness_timeout
+        self.backoff = backoff or Backoff()
+        self.stats = FeedStats(adapter.name)
+        self._events = events
+        self._rng = rng or random.Random()
+        self._malformed_log = _RateLimitedLog()
+        self._symbols_live: set[str] = set()
+
+    @property
+    def venue(self) -> str:
+        return self.adapter.name
+
+    def _set_state(self, state: FeedState, detail: str = "") -> None:
+        if state is not self.stats.state:
+            self.stats.state = state
+            log.info("%s: %s%s", self.venue, state.value, f" ({detail})" if detail else "")
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            self._set_state(FeedState.CONNECTING, self.url)
+            started = time.monotonic()
+            reason = await self._connect_once()
+            await self._report_down(reason)
+            self.stats.reconnects += 1
+            if reason.startswith("reconnect requested"):
+                failures = 0
+                continue  # an orderly request: come straight back
+            if time.monotonic() - started >= self.backoff.stable_after:
+                failures = 0
+            failures += 1
+            delay = self.backoff.delay(failures, self._rng)
+            self._set_state(FeedState.BACKING_OFF, f"{reason}; retry in {delay:.1f}s")
+            await trio.sleep(delay)
+
+    async def _connect_once(self) -> str:
+        """Run one connection to its end; return why it ended. Never raises but Cancelled."""
+        try:
+            async with trio_websocket.open_websocket_url(
+                self.url,
+                message_queue_size=MESSAGE_QUEUE_SIZE,
+                max_message_size=MAX_MESSAGE_SIZE,
+                receive_buffer_size=None,
+                connect_timeout=CONNECT_TIMEOUT,
+                disconnect_timeout=DISCONNECT_TIMEOUT,
+            ) as ws:
+                await self._session(ws)
+        except _ReconnectNow as request:
+            return f"reconnect requested: {request}"
+        except StaleFeedError as exc:
+            return f"stale: {exc}"
+        except trio_websocket.ConnectionClosed as exc:
+            return f"connection closed ({exc.reason})"
+        except trio_websocket.ConnectionRejected as exc:
+            return f"handshake rejected with HTTP {exc.status_code}"
+        except trio_websocket.HandshakeError as exc:
+            return f"handshake failed: {type(exc).__name__}"
+        except (OSError, trio.BrokenResourceError) as exc:
+            return f"connection failed: {exc or type(exc).__name__}"
+        except trio.Cancelled:
+            if trio.current_effective_deadline() != -float("inf"):
+                # trio-websocket can leak a Cancelled that is not ours when a close races a
+                # pending ping (STACK.md); swallowing only that one keeps the loop alive.
+                return "connection aborted by trio-websocket"
+            raise
+        except Exception:
+            log.exception("%s: unexpected error; reconnecting", self.venue)
+            return "unexpected error"
+        return "connection ended"
+
+    async def _session(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self.adapter.reset()
+        for message in self.adapter.subscribe_messages():
+            await ws.send_message(message)
+        self._set_state(FeedState.SUBSCRIBED)
+        async with trio.open_nursery() as nursery:
+            if self.adapter.heartbeat_interval is not None:
+                nursery.start_soon(self._heartbeat, ws, self.adapter.heartbeat_interval)
+            await self._read(ws)
+
+    async def _heartbeat(self, ws: trio_websocket.WebSocketConnection, interval: float) -> None:
+        message = self.adapter.heartbeat_message()
+        while message is not None:
+            await trio.sleep(interval)
+            await ws.send_message(message)
+
+    async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
+        adapter, stats, send = self.adapter, self.stats, self._events.send
+        timeout = self.liveness_timeout
+        while True:
+            with trio.move_on_after(timeout) as wait:
+                message = await ws.get_message()
+            if wait.cancelled_caught:
+                raise StaleFeedError(f"no message for {timeout:g}s")
+            recv_ns = time.time_ns()
+            stats.messages += 1
+            stats.last_message_ns = recv_ns
+            try:
+                events = adapter.handle_message(message, recv_ns)
+            except MalformedMessageError as exc:
+                stats.malformed += 1
+                self._malformed_log(
+                    log.warning,
+                    f"{self.venue}: malformed message ({exc}): {str(message)[:SAMPLE_CHARS]!r}",
+                )
+                continue
+            for event in events:
+                if isinstance(event, VenueBook):
+                    if event.symbol not in self._symbols_live:
+                        self._symbols_live.add(event.symbol)
+                        self._set_state(FeedState.LIVE)
+                    await send(event)
+                elif isinstance(event, ReconnectRequested):
+                    raise _ReconnectNow(event.reason)
+                elif isinstance(event, VenueError):
+                    stats.venue_errors += 1
+                    log.warning("%s: %s", self.venue, event.message)
+                elif isinstance(event, Subscribed):
+                    log.debug("%s: subscribed to %s", self.venue, event.symbol)
+
+    async def _report_down(self, reason: str) -> None:
+        if not self._symbols_live:
+            return
+        symbols = tuple(sorted(self._symbols_live))
+        self._symbols_live.clear()
+        log.warning("%s: down for %s: %s", self.venue, ", ".join(symbols), reason)
+        await self._events.send(VenueDown(self.venue, symbols, reason, time.time_ns()))

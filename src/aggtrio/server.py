@@ -1,0 +1,197 @@
+"""The gRPC service (purerpc on trio): one broadcast subscriber per client stream.
+
+purerpc's own `Server` cannot bind a host, logs WARNINGs for ordinary client disconnects and
+answers unexpected errors with their repr (STACK.md). So we open the listener ourselves and
+run our own connection handler over purerpc's protocol classes; purerpc is pinned for that.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anyio
+import anyio.abc
+import h2.exceptions
+import purerpc
+import trio
+from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
+from purerpc.grpclib.connection import GRPCConfiguration
+from purerpc.grpclib.events import RequestReceived
+from purerpc.grpclib.exceptions import GRPCError, RpcFailedError
+from purerpc.grpclib.status import Status, StatusCode
+from purerpc.rpc import Cardinality
+from purerpc.wrappers import (
+    call_server_stream_stream,
+    call_server_stream_unary,
+    call_server_unary_stream,
+    call_server_unary_unary,
+)
+
+from aggtrio._proto.orderbook_grpc import OrderbookAggregatorServicer
+from aggtrio._proto.orderbook_pb2 import Empty, SummaryRequest
+from aggtrio.aggregator import PublishedSummary
+from aggtrio.broadcast import Broadcast, BroadcastClosedError
+from aggtrio.symbols import InvalidSymbolError, normalize_symbol
+
+log = logging.getLogger(__name__)
+
+# What a vanished client looks like from the server side; none of it is worth a warning.
+_DISCONNECTS: tuple[type[BaseException], ...] = (
+    anyio.BrokenResourceError,
+    anyio.ClosedResourceError,
+    anyio.EndOfStream,
+    ConnectionError,
+    h2.exceptions.StreamClosedError,
+    h2.exceptions.NoSuchStreamError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+)
+_CLIENT_PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (h2.exceptions.H2Error, GRPCError)
+
+
+class OrderbookService(OrderbookAggregatorServicer):
+    """Streams each symbol's merged book: the latest summary at once, then every change."""
+
+    def __init__(
+        self, broadcasts: Mapping[str, Broadcast[PublishedSummary]], default_symbol: str
+    ) -> None:
+        self._broadcasts = broadcasts
+        self._default_symbol = default_symbol
+
+    # The generated base declares coroutines; purerpc streams whatever async generator we return.
+    async def BookSummary(  # type: ignore[override]
+        self, message: Empty
+    ) -> AsyncIterator[PublishedSummary]:
+        async for summary in self._stream(self._default_symbol):
+            yield summary
+
+    async def BookSummaryForSymbol(  # type: ignore[override]
+        self, message: SummaryRequest
+    ) -> AsyncIterator[PublishedSummary]:
+        try:
+            symbol = normalize_symbol(message.symbol)
+        except InvalidSymbolError as exc:
+            raise purerpc.InvalidArgumentError(str(exc)) from None
+        if symbol not in self._broadcasts:
+            served = ", ".join(self._broadcasts)
+            raise purerpc.NotFoundError(f"symbol {symbol!r} is not served; served: {served}")
+        async for summary in self._stream(symbol):
+            yield summary
+
+    async def _stream(self, symbol: str) -> AsyncIterator[PublishedSummary]:
+        broadcast = self._broadcasts[symbol]
+        seen = 0
+        with broadcast.subscription():
+            while True:
+                try:
+                    seen, summary = await broadcast.next_after(seen)
+                except BroadcastClosedError:
+                    raise purerpc.UnavailableError("server is shutting down") from None
+                yield summary
+
+
+def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
+    """True if `exc` (or every exception inside an exception group) is one of `kinds`."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only(inner, kinds) for inner in exc.exceptions)
+    return isinstance(exc, kinds)
+
+
+class ConnectionHandler:
+    """Serves gRPC calls on one accepted connection (replaces purerpc.server.ConnectionHandler)."""
+
+    def __init__(self, services: Mapping[str, purerpc.Service]) -> None:
+        self._services = services
+        self._config = GRPCConfiguration(client_side=False)
+
+    async def __call__(self, stream: anyio.abc.SocketStream) -> None:
+        try:
+            async with (
+                GRPCProtoSocket(self._config, stream) as grpc_socket,
+                anyio.create_task_group() as calls,
+            ):
+                async for call in grpc_socket.listen():
+                    calls.start_soon(self._serve_call, call)
+                # The client closed the connection: none of its calls can be answered,
+                # so end them now rather than at their next write.
+                calls.cancel_scope.cancel()
+        except BaseException as exc:
+            if _only(exc, _DISCONNECTS):
+                log.debug("client connection ended: %r", exc)
+            elif _only(exc, _DISCONNECTS + _CLIENT_PROTOCOL_ERRORS):
+                log.info("closed a client connection after a protocol error: %s", exc)
+            elif isinstance(exc, Exception):
+                log.exception("unexpected error on a client connection")
+            else:
+                raise
+        finally:
+            await stream.aclose()
+
+    async def _serve_call(self, stream: GRPCProtoStream) -> None:
+        method = "?"
+        try:
+            await stream.start_response()
+            event = await stream.receive_event()
+            if not isinstance(event, RequestReceived):
+                await stream.close(Status(StatusCode.INTERNAL, status_message="expected headers"))
+                return
+            method = f"{event.service_name}/{event.method_name}"
+            service = self._services.get(event.service_name)
+            bound = service.methods.get(event.method_name) if service is not None else None
+            if bound is None:
+                await stream.close(
+                    Status(StatusCode.UNIMPLEMENTED, status_message=f"{method} is not implemented")
+                )
+                return
+            stream.expect_message_type(bound.signature.request_type)
+            call = _CALLERS[bound.signature.cardinality]
+            try:
+                await call(functools.partial(bound.method_fn, request=event), stream)
+            except RpcFailedError as error:
+                await stream.close(error.status)
+        except BaseException as exc:
+            if _only(exc, _DISCONNECTS):
+                log.debug("client went away during %s", method)
+            elif isinstance(exc, Exception):
+                log.exception("internal error in %s", method)
+                await _close_quietly(stream, Status(StatusCode.INTERNAL, "internal server error"))
+            else:
+                raise
+
+
+async def _close_quietly(stream: GRPCProtoStream, status: Status) -> None:
+    try:
+        await stream.close(status)
+    except Exception as exc:
+        log.debug("could not send status %s: %r", status, exc)
+
+
+_CALLERS: dict[Any, Any] = {
+    Cardinality.UNARY_UNARY: call_server_unary_unary,
+    Cardinality.UNARY_STREAM: call_server_unary_stream,
+    Cardinality.STREAM_UNARY: call_server_stream_unary,
+    Cardinality.STREAM_STREAM: call_server_stream_stream,
+}
+
+
+async def serve_grpc(
+    service: OrderbookService,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on host:port (port 0 picks a free one) and serve until cancelled.
+
+    Reports the bound port through `task_status`. No SO_REUSEPORT: a second server on the
+    same port must fail loudly, not silently take half the clients.
+    """
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    bound_port: int = listener.extra(anyio.abc.SocketAttribute.local_port)
+    task_status.started(bound_port)
+    services = {svc.name: svc for svc in [service.service]}
+    async with listener:
+        await listener.serve(ConnectionHandler(services))
