@@ -1,0 +1,613 @@
+"""The machinery every simulated venue shares: listen, accept, track, kill and restart.
+
+A :class:`SimulatedVenue` owns a listening socket and one task group per client
+connection. The WebSocket handshake and framing come from trio-websocket's server side
+(:func:`trio_websocket.wrap_server_stream`); the venue keeps the raw TCP stream of every
+connection so :meth:`SimulatedVenue.kill` can reset it without a close frame, the way a
+crashed exchange or a dropped network looks to the client.
+
+Each subclass supplies a :class:`Session` per connection (the venue's protocol) and the
+formatting of its numbers. The base class keeps each symbol's book for this venue (moved by
+the shared :class:`~aggtrio.simulator.market.Market`, or pinned by a test) and records what
+was last sent, so tests can compare the service's output against it.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import logging
+import math
+import random
+import socket
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, wrap_server_stream
+
+from aggtrio.model import PriceLevel
+from aggtrio.simulator.market import Market, MovingBook, SymbolSpec, format_units
+from aggtrio.symbols import normalize_symbol
+
+logger = logging.getLogger(__name__)
+
+# One side of a book as it goes on the wire: (price, amount) decimal strings, best first.
+TextLevels = tuple[tuple[str, str], ...]
+
+# Client messages are small; a few queued ones keep trio-websocket's reader (which also
+# answers pings and close frames) from stalling behind a busy handler.
+_MESSAGE_QUEUE_SIZE = 16
+_WIRE_DECIMALS = 8
+
+
+@attrs.frozen(slots=True)
+class SimBook:
+    """A book as a venue sent it: floats parsed from the sent strings, best level first."""
+
+    bids: tuple[PriceLevel, ...]
+    asks: tuple[PriceLevel, ...]
+
+
+@attrs.frozen(slots=True)
+class Rendered:
+    """One symbol's book at one version, formatted for the wire at one depth."""
+
+    version: int
+    update_id: int
+    bids: TextLevels
+    asks: TextLevels
+    book: SimBook
+
+
+def _to_floats(levels: TextLevels) -> tuple[PriceLevel, ...]:
+    return tuple((float(price), float(qty)) for price, qty in levels)
+
+
+def _pinned_text(value: str | float) -> str:
+    """A pinned price or amount as wire text: strings verbatim, numbers with 8 decimals."""
+    if isinstance(value, str):
+        number = float(value)  # ValueError for text that no client could parse either
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+        value = f"{number:.{_WIRE_DECIMALS}f}"
+    else:
+        raise TypeError(f"a price or amount must be a str or a number, not {value!r}")
+    if not math.isfinite(number):
+        raise ValueError(f"{value!r} is not a finite number")
+    return value
+
+
+class SymbolState:
+    """This venue's view of one symbol: its moving book, any pin, and a change counter."""
+
+    __slots__ = (
+        "book",
+        "cache",
+        "changed",
+        "driven",
+        "pinned",
+        "rng",
+        "symbol",
+        "update_id",
+        "version",
+    )
+
+    def __init__(self, symbol: str, rng: random.Random) -> None:
+        self.symbol = symbol
+        self.rng = rng
+        self.book: MovingBook | None = None
+        self.pinned: tuple[TextLevels, TextLevels] | None = None
+        # Bumped on every change; sessions compare it with what they last sent.
+        self.version = 0
+        # Binance-style ``lastUpdateId``: grows by the number of (notional) updates per change.
+        self.update_id = rng.randrange(1_000_000_000, 9_000_000_000)
+        self.changed = trio.Event()
+        self.driven = False
+        self.cache: dict[int, Rendered] = {}
+
+
+class Client:
+    """One accepted (or handshaking) client connection, as the venue tracks it."""
+
+    def __init__(self, venue: SimulatedVenue, stream: trio.SocketStream) -> None:
+        self.venue = venue
+        self.stream = stream
+        self.ws: WebSocketConnection | None = None
+        self.session: Session | None = None
+        # Cancelled by kill(): ends everything on this connection with no close frame.
+        self.scope = trio.CancelScope()
+        self.session_nursery: trio.Nursery | None = None
+        self.killed = False
+        self.ended = False
+        self.done = trio.Event()
+
+    @property
+    def open(self) -> bool:
+        return self.ws is not None and not self.ended
+
+    def start_soon(self, fn: Callable[[], Awaitable[object]]) -> None:
+        """Run ``fn`` as part of this connection's session (it ends with the connection)."""
+        if self.session_nursery is not None and not self.ended:
+            self.session_nursery.start_soon(fn)
+
+    async def send(self, text: str) -> bool:
+        """Send one text frame; False (and the session ends) if the connection is gone."""
+        if self.ws is None or self.ended:
+            return False
+        try:
+            await self.ws.send_message(text)
+        except ConnectionClosed:
+            self.end()
+            return False
+        return True
+
+    def end(self) -> None:
+        """Stop this connection's session; the socket is then closed (FIN, no close frame)."""
+        self.ended = True
+        if self.session_nursery is not None:
+            self.session_nursery.cancel_scope.cancel()
+
+    async def close(self, code: int = 1000, reason: str | None = None) -> None:
+        """Close gracefully: close frame, wait (bounded) for the client's, then end."""
+        ws = self.ws
+        if ws is not None and not self.ended:
+            with trio.move_on_after(self.venue.close_timeout):
+                await ws.aclose(code, reason)
+        self.end()
+
+    def abort(self) -> None:
+        """Reset the TCP connection at once: no close frame, no FIN, an RST."""
+        self.killed = True
+        _set_reset_on_close(self.stream)
+        self.scope.cancel()
+
+
+def _set_reset_on_close(stream: trio.SocketStream) -> None:
+    # SO_LINGER with a zero timeout makes close() send RST instead of FIN.
+    with contextlib.suppress(OSError):  # already closed
+        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+class Session(abc.ABC):
+    """One connection's protocol state; subclasses implement a venue's messages."""
+
+    async def opened(self, client: Client) -> None:  # noqa: B027 - optional hook
+        """Called once the handshake completed (e.g. to start streams named in the URL)."""
+
+    @abc.abstractmethod
+    async def received(self, client: Client, message: str | bytes) -> None:
+        """Handle one client message. Must not raise for malformed input."""
+
+
+async def _bind(host: str, port: int) -> trio.SocketListener:
+    """One listening socket on ``host:port`` with SO_REUSEADDR, so restart() can rebind."""
+    infos = await trio.socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    if not infos:
+        raise OSError(f"cannot resolve {host!r}")
+    family, type_, proto, _, sockaddr = infos[0]
+    sock = trio.socket.socket(family, type_, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        await sock.bind(sockaddr)
+        sock.listen(128)
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketListener(sock)
+
+
+class SimulatedVenue(abc.ABC):
+    """A local WebSocket server speaking one exchange's public order-book protocol.
+
+    Run it with ``port = await nursery.start(venue.serve)``. Books move only for symbols a
+    client has asked for (or a test pinned). Counters (:attr:`connections`,
+    :attr:`connections_total`, :attr:`subscribe_requests`) are plain attributes for tests.
+    """
+
+    name: str = "venue"
+
+    def __init__(
+        self,
+        market: Market,
+        *,
+        seed: int | None = None,
+        depth: int,
+        updates_per_second: float,
+        ping_interval: float | None = None,
+        pong_timeout: float = 60.0,
+        handshake_timeout: float = 10.0,
+        close_timeout: float = 2.0,
+    ) -> None:
+        if depth < 1:
+            raise ValueError("depth must be at least 1")
+        if updates_per_second <= 0:
+            raise ValueError("updates_per_second must be positive")
+        self.market = market
+        self.seed = seed
+        self.depth = depth
+        self.updates_per_second = updates_per_second
+        self.ping_interval = ping_interval
+        self.pong_timeout = pong_timeout
+        self.handshake_timeout = handshake_timeout
+        self.close_timeout = close_timeout
+
+        self.connections = 0
+        self.connections_total = 0
+        self.subscribe_requests = 0
+
+        self._host = "127.0.0.1"
+        self._port = 0
+        self._nursery: trio.Nursery | None = None
+        self._listening = False
+        self._generation = 0
+        self._listen_scope: trio.CancelScope | None = None
+        self._listen_done: trio.Event | None = None
+        self._clients: set[Client] = set()
+        self._symbols: dict[str, SymbolState] = {}
+        self._last_sent: dict[str, SimBook] = {}
+        self._frozen = False
+
+    # -- addresses -----------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port (0 before :meth:`serve` started)."""
+        return self._port
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def url(self) -> str:
+        """The base endpoint, ``ws://127.0.0.1:<port>``, without any path."""
+        host = self._host
+        if host in ("", "0.0.0.0"):
+            host = "127.0.0.1"
+        elif host == "::":
+            host = "::1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"ws://{host}:{self._port}"
+
+    @property
+    def listening(self) -> bool:
+        return self._listening
+
+    # -- books ---------------------------------------------------------------------------
+
+    def book(self, symbol: str) -> SimBook | None:
+        """What this venue last sent for ``symbol`` (any spelling), or None if nothing yet."""
+        return self._last_sent.get(normalize_symbol(symbol))
+
+    def set_book(
+        self,
+        symbol: str,
+        bids: Sequence[tuple[str | float, str | float]],
+        asks: Sequence[tuple[str | float, str | float]],
+    ) -> None:
+        """Pin ``symbol``'s book: it is sent as given (no sorting, no checks beyond numbers
+        being parseable) until :meth:`unpin`, and the market stops moving it here."""
+        state = self._state(normalize_symbol(symbol))
+        pinned_bids = tuple((_pinned_text(p), _pinned_text(q)) for p, q in bids)
+        pinned_asks = tuple((_pinned_text(p), _pinned_text(q)) for p, q in asks)
+        state.pinned = (pinned_bids, pinned_asks)
+        self._publish(state)
+
+    def unpin(self, symbol: str) -> None:
+        """Let the market move ``symbol`` again (from where this venue's book was)."""
+        state = self._symbols.get(normalize_symbol(symbol))
+        if state is not None and state.pinned is not None:
+            state.pinned = None
+            self._publish(state)
+
+    def freeze(self) -> None:
+        """Stop all market moves for this venue (books stay as they are)."""
+        self._frozen = True
+
+    def unfreeze(self) -> None:
+        self._frozen = False
+
+    @property
+    def frozen(self) -> bool:
+        return self._frozen
+
+    def _state(self, symbol: str) -> SymbolState:
+        state = self._symbols.get(symbol)
+        if state is None:
+            rng = self.market.venue_rng(self.name, self.seed, symbol)
+            state = self._symbols[symbol] = SymbolState(symbol, rng)
+        if not state.driven and self._nursery is not None:
+            state.driven = True
+            self._nursery.start_soon(self._drive, state)
+        return state
+
+    def symbol_state(self, symbol: str) -> SymbolState:
+        """The state of a canonical symbol, created (and moving) on first use."""
+        return self._state(symbol)
+
+    def _publish(self, state: SymbolState) -> None:
+        state.version += 1
+        state.update_id += state.rng.randint(1, 25)
+        state.cache.clear()
+        changed, state.changed = state.changed, trio.Event()
+        changed.set()
+
+    def _ensure_book(self, state: SymbolState) -> MovingBook:
+        if state.book is None:
+            state.book = self.market.new_book(
+                state.symbol, rng=state.rng, capacity=self.depth, now=trio.current_time()
+            )
+            if state.version == 0:
+                self._publish(state)
+        return state.book
+
+    async def _drive(self, state: SymbolState) -> None:
+        """Move this symbol's book at random times, ``updates_per_second`` on average."""
+        while True:
+            await trio.sleep(state.rng.expovariate(self.updates_per_second))
+            if self._frozen or state.pinned is not None:
+                continue
+            if state.book is None:
+                self._ensure_book(state)
+            else:
+                state.book.step(trio.current_time())
+                self._publish(state)
+
+    def render(self, state: SymbolState, depth: int) -> Rendered:
+        """The symbol's current book, top ``depth`` levels, as wire text (cached per version)."""
+        if state.pinned is None:
+            self._ensure_book(state)
+        cached = state.cache.get(depth)
+        if cached is not None and cached.version == state.version:
+            return cached
+        if state.pinned is not None:
+            bids, asks = state.pinned[0][:depth], state.pinned[1][:depth]
+        else:
+            assert state.book is not None
+            tick_bids, tick_asks = state.book.levels(depth)
+            spec = state.book.spec
+            bids = self._format_levels(spec, tick_bids)
+            asks = self._format_levels(spec, tick_asks)
+        rendered = Rendered(
+            state.version, state.update_id, bids, asks, SimBook(_to_floats(bids), _to_floats(asks))
+        )
+        state.cache[depth] = rendered
+        return rendered
+
+    def note_sent(self, symbol: str, rendered: Rendered) -> None:
+        """Record what goes out (called just before sending, so book() is never behind)."""
+        self._last_sent[symbol] = rendered.book
+
+    def price_decimals(self, spec: SymbolSpec) -> int:
+        """Decimals this venue prints prices with; the pair's own precision by default."""
+        return spec.price_decimals
+
+    def qty_decimals(self, spec: SymbolSpec) -> int:
+        return _WIRE_DECIMALS
+
+    def _format_levels(self, spec: SymbolSpec, levels: list[tuple[int, int]]) -> TextLevels:
+        price_decimals = max(self.price_decimals(spec), spec.tick_decimals)
+        qty_decimals = max(self.qty_decimals(spec), spec.lot_decimals)
+        tick_scale = 10 ** (price_decimals - spec.tick_decimals)
+        lot_scale = 10 ** (qty_decimals - spec.lot_decimals)
+        return tuple(
+            (
+                format_units(ticks * tick_scale, price_decimals),
+                format_units(lots * lot_scale, qty_decimals),
+            )
+            for ticks, lots in levels
+        )
+
+    # -- serving -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def open_session(self, path: str) -> Session | int:
+        """A session for a handshake asking for ``path``, or an HTTP status to reject it."""
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen until cancelled; reports the bound port through ``task_status``."""
+        if self._nursery is not None:
+            raise RuntimeError(f"{self.name} simulator is already serving")
+        listener = await _bind(host, port)
+        self._host = host
+        self._port = listener.socket.getsockname()[1]
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self._listen, listener)
+                for state in self._symbols.values():
+                    if not state.driven:
+                        state.driven = True
+                        nursery.start_soon(self._drive, state)
+                logger.info("%s simulator listening on %s", self.name, self.url)
+                task_status.started(self._port)
+                # kill() may leave no task running: serve must still last until cancelled.
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._listening = False
+            for state in self._symbols.values():
+                state.driven = False
+
+    async def _listen(
+        self, listener: trio.SocketListener, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        scope = self._listen_scope = trio.CancelScope()
+        done = self._listen_done = trio.Event()
+        self._generation += 1
+        handler = partial(self._handle_stream, self._generation)
+        self._listening = True
+        try:
+            with scope:
+                # Connections live in the venue's nursery: stopping the listener (kill) must
+                # not end them by itself; kill() resets them explicitly.
+                serve = partial(
+                    trio.serve_listeners, handler, [listener], handler_nursery=self._nursery
+                )
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(serve)
+                    task_status.started()
+        finally:
+            self._listening = False
+            await trio.aclose_forcefully(listener)
+            done.set()
+
+    async def _stop_listening(self) -> None:
+        if self._listen_scope is not None and self._listen_done is not None:
+            self._listen_scope.cancel()
+            await self._listen_done.wait()
+
+    async def kill(self) -> None:
+        """Abrupt outage: stop listening (new connections are refused) and reset every open
+        connection without a close frame. :meth:`serve` keeps running; see :meth:`restart`."""
+        await self._stop_listening()
+        clients = list(self._clients)
+        for client in clients:
+            client.abort()
+        for client in clients:
+            await client.done.wait()
+        logger.info("%s simulator killed (%d connections reset)", self.name, len(clients))
+
+    async def restart(self) -> None:
+        """Listen again on the same port after :meth:`kill`."""
+        if self._nursery is None:
+            raise RuntimeError(f"{self.name} simulator is not serving")
+        if self._listening:
+            return
+        listener = await _bind(self._host, self._port)
+        await self._nursery.start(self._listen, listener)
+        logger.info("%s simulator listening again on %s", self.name, self.url)
+
+    def open_clients(self) -> list[Client]:
+        return [client for client in self._clients if client.open]
+
+    async def notify_and_close(self, message: Callable[[Client], str], grace: float) -> None:
+        """Send every open connection ``message(client)`` now, close those still open after
+        ``grace`` seconds (in the background)."""
+        clients = self.open_clients()
+        async with trio.open_nursery() as nursery:
+            for client in clients:
+                nursery.start_soon(client.send, message(client))
+        if self._nursery is not None:
+            self._nursery.start_soon(self._close_after, clients, grace)
+
+    async def _close_after(self, clients: list[Client], grace: float) -> None:
+        await trio.sleep(grace)
+        async with trio.open_nursery() as nursery:
+            for client in clients:
+                if client.open:
+                    nursery.start_soon(client.close)
+
+    async def _handle_stream(self, generation: int, stream: trio.SocketStream) -> None:
+        if generation != self._generation or not self._listening:
+            # Accepted just before a kill(): treat it like the rest of the killed connections.
+            _set_reset_on_close(stream)
+            await trio.aclose_forcefully(stream)
+            return
+        client = Client(self, stream)
+        self._clients.add(client)
+        try:
+            with client.scope:
+                async with trio.open_nursery() as nursery:
+                    try:
+                        await self._run_client(client, nursery)
+                    finally:
+                        nursery.cancel_scope.cancel()
+        except* Exception:
+            # Protocol errors from a misbehaving client, or trio-websocket's own (see
+            # STACK.md): they end this connection only, never the simulator. except* also
+            # strips them from a group that carries a cancellation, which then propagates.
+            logger.debug("%s: connection ended with an error", self.name, exc_info=True)
+        finally:
+            self._clients.discard(client)
+            client.ended = True
+            if client.killed:
+                _set_reset_on_close(stream)
+            await trio.aclose_forcefully(stream)
+            client.done.set()
+
+    async def _run_client(self, client: Client, nursery: trio.Nursery) -> None:
+        request = None
+        with trio.move_on_after(self.handshake_timeout):
+            request = await wrap_server_stream(
+                nursery,
+                client.stream,
+                message_queue_size=_MESSAGE_QUEUE_SIZE,
+                receive_buffer_size=None,
+            )
+        if request is None:
+            return
+        try:
+            session = self.open_session(request.path)
+        except Exception:
+            logger.exception("%s: failed to route %r", self.name, request.path)
+            session = 500
+        if isinstance(session, int):
+            logger.debug("%s: rejecting %r with HTTP %d", self.name, request.path, session)
+            body = f"{session} {_REASONS.get(session, 'Error')}".encode()
+            await request.reject(session, body=body)
+            return
+        ws = await request.accept()
+        self.connections += 1
+        self.connections_total += 1
+        try:
+            async with trio.open_nursery() as session_nursery:
+                client.session_nursery = session_nursery
+                client.session = session
+                client.ws = ws
+                session_nursery.start_soon(self._read_loop, client, session)
+                if self.ping_interval is not None:
+                    session_nursery.start_soon(self._ping_loop, client, self.ping_interval)
+                await session.opened(client)
+        finally:
+            self.connections -= 1
+
+    async def _read_loop(self, client: Client, session: Session) -> None:
+        # Always reading keeps trio-websocket answering the client's pings and close frame.
+        assert client.ws is not None
+        while True:
+            try:
+                message = await client.ws.get_message()
+            except ConnectionClosed:
+                break
+            try:
+                await session.received(client, message)
+            except ConnectionClosed:
+                break
+            except Exception:
+                logger.exception("%s: error handling %r", self.name, message[:200])
+        client.end()
+
+    async def _ping_loop(self, client: Client, interval: float) -> None:
+        assert client.ws is not None
+        count = 0
+        while True:
+            await trio.sleep(interval)
+            count += 1
+            with trio.move_on_after(self.pong_timeout) as scope:
+                try:
+                    await client.ws.ping(b"%d" % count)
+                except ConnectionClosed:
+                    client.end()
+                    return
+            if scope.cancelled_caught:
+                logger.info("%s: no pong within %ss, disconnecting", self.name, self.pong_timeout)
+                await client.close(1008, "pong timeout")
+                return
+
+
+_REASONS = {400: "Bad Request", 404: "Not Found", 500: "Internal Server Error"}
