@@ -62,7 +62,7 @@ class Broadcast(Generic[T]):
 
     def publish(self, value: T) -> None:
         if self._closed:
-            raise BroadcastClosedError("publish on a closed broadcast")
+            return  # shutting down: feeds may still deliver, but nobody can receive it
         self._latest = value
         self._version += 1
         self._wake_all()

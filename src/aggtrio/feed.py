@@ -86,6 +86,42 @@ class _ReconnectNow(Exception):
     """The venue asked for a reconnect; raised out of the read loop to close the connection."""
 
 
+UNEXPECTED = "unexpected error"
+
+
+def _single_leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (nurseries wrap everything)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _why_connection_ended(exc: BaseException) -> str | None:
+    """A one-line reason for the log, or None for what must propagate (our cancellation)."""
+    if isinstance(exc, _ReconnectNow):
+        return f"reconnect requested: {exc}"
+    if isinstance(exc, StaleFeedError):
+        return f"stale: {exc}"
+    if isinstance(exc, trio_websocket.ConnectionClosed):
+        return f"connection closed ({exc.reason})"
+    if isinstance(exc, trio_websocket.ConnectionRejected):
+        return f"handshake rejected with HTTP {exc.status_code}"
+    if isinstance(exc, trio_websocket.HandshakeError):
+        cause = exc.__cause__ or exc.__context__
+        return f"connection failed: {cause or type(exc).__name__}"
+    if isinstance(exc, (OSError, trio.BrokenResourceError)):
+        return f"connection failed: {exc or type(exc).__name__}"
+    if isinstance(exc, trio.Cancelled):
+        if trio.current_effective_deadline() != -float("inf"):
+            # trio-websocket can leak a Cancelled that is not ours when a close races a
+            # pending ping (STACK.md); swallowing only that one keeps the loop alive.
+            return "connection aborted by trio-websocket"
+        return None
+    if isinstance(exc, Exception):
+        return UNEXPECTED
+    return None
+
+
 class _RateLimitedLog:
     """Logs the first occurrence, then at most one line per `interval` with a suppressed count."""
 
@@ -167,27 +203,13 @@ class Feed:
                 disconnect_timeout=DISCONNECT_TIMEOUT,
             ) as ws:
                 await self._session(ws)
-        except _ReconnectNow as request:
-            return f"reconnect requested: {request}"
-        except StaleFeedError as exc:
-            return f"stale: {exc}"
-        except trio_websocket.ConnectionClosed as exc:
-            return f"connection closed ({exc.reason})"
-        except trio_websocket.ConnectionRejected as exc:
-            return f"handshake rejected with HTTP {exc.status_code}"
-        except trio_websocket.HandshakeError as exc:
-            return f"handshake failed: {type(exc).__name__}"
-        except (OSError, trio.BrokenResourceError) as exc:
-            return f"connection failed: {exc or type(exc).__name__}"
-        except trio.Cancelled:
-            if trio.current_effective_deadline() != -float("inf"):
-                # trio-websocket can leak a Cancelled that is not ours when a close races a
-                # pending ping (STACK.md); swallowing only that one keeps the loop alive.
-                return "connection aborted by trio-websocket"
-            raise
-        except Exception:
-            log.exception("%s: unexpected error; reconnecting", self.venue)
-            return "unexpected error"
+        except BaseException as exc:
+            reason = _why_connection_ended(_single_leaf(exc))
+            if reason is None:
+                raise
+            if reason == UNEXPECTED:
+                log.error("%s: unexpected error; reconnecting", self.venue, exc_info=exc)
+            return reason
         return "connection ended"
 
     async def _session(self, ws: trio_websocket.WebSocketConnection) -> None:
