@@ -1,0 +1,271 @@
+"""Command line: ``aggtrio serve | watch | demo | simulate``.
+
+Each serve flag can also come from an ``AGGTRIO_*`` environment variable (flag wins). A bad
+value prints one line, ``aggtrio <command>: error: <reason>``, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import NoReturn, TypeVar
+
+import trio
+
+from aggtrio import __version__
+from aggtrio.config import (
+    ConfigError,
+    ServeConfig,
+    configure_logging,
+    parse_depth,
+    parse_log_level,
+    parse_port,
+    parse_seconds,
+    parse_symbols,
+    parse_venue_urls,
+    parse_venues,
+)
+
+log = logging.getLogger("aggtrio")
+T = TypeVar("T")
+
+# How long clients get to receive their UNAVAILABLE status before the process exits.
+SHUTDOWN_GRACE = 1.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump) and exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _option(
+    args: argparse.Namespace, name: str, parse: Callable[[str], T], default: T, env: str
+) -> T:
+    """Flag > environment variable > default; errors name where the bad value came from."""
+    flag = getattr(args, name)
+    if flag is not None:
+        source, text = "--" + name.replace("_", "-"), flag
+    elif env in os.environ:
+        source, text = env, os.environ[env]
+    else:
+        return default
+    try:
+        return parse(text)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def serve_config_from_args(args: argparse.Namespace) -> ServeConfig:
+    defaults = ServeConfig()
+    env_urls = os.environ.get("AGGTRIO_VENUE_URL", "")
+    url_texts = args.venue_url if args.venue_url else env_urls.split()
+    try:
+        venue_urls = parse_venue_urls(url_texts)
+    except ConfigError as exc:
+        source = "--venue-url" if args.venue_url else "AGGTRIO_VENUE_URL"
+        raise ConfigError(f"{source}: {exc}") from None
+    return ServeConfig(
+        host=_option(args, "host", str.strip, defaults.host, "AGGTRIO_HOST"),
+        port=_option(args, "port", parse_port, defaults.port, "AGGTRIO_PORT"),
+        symbols=_option(args, "symbols", parse_symbols, defaults.symbols, "AGGTRIO_SYMBOLS"),
+        venues=_option(args, "venues", parse_venues, defaults.venues, "AGGTRIO_VENUES"),
+        venue_urls=venue_urls,
+        depth=_option(args, "depth", parse_depth, defaults.depth, "AGGTRIO_DEPTH"),
+        log_level=_option(
+            args, "log_level", parse_log_level, defaults.log_level, "AGGTRIO_LOG_LEVEL"
+        ),
+        liveness_timeout=_option(
+            args, "liveness_timeout", parse_seconds, None, "AGGTRIO_LIVENESS_TIMEOUT"
+        ),
+    )
+
+
+def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", help="gRPC port (default 50051; 0 picks a free one)")
+    parser.add_argument(
+        "--symbols", help="comma-separated pairs, first is BookSummary's (default ETHBTC)"
+    )
+    parser.add_argument("--venues", help="comma-separated venues (default binance,bitstamp)")
+    parser.add_argument(
+        "--venue-url",
+        action="append",
+        metavar="NAME=URL",
+        help="replace a venue's base endpoint, e.g. binance=ws://127.0.0.1:9001 (repeatable)",
+    )
+    parser.add_argument("--depth", help="levels per side in a summary (default 10)")
+    parser.add_argument(
+        "--liveness-timeout",
+        help="seconds without any venue message before a connection is stale "
+        "(default: per venue, binance 5, bitstamp 15)",
+    )
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="aggtrio", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"aggtrio {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    serve = commands.add_parser("serve", help="run the aggregator and its gRPC server")
+    _add_serve_flags(serve)
+
+    watch = commands.add_parser("watch", help="live view of a symbol's merged book")
+    watch.add_argument("symbol", nargs="?", help="pair to watch (default: the server's default)")
+    watch.add_argument(
+        "--server", help="HOST:PORT of the server (default $AGGTRIO_SERVER or 127.0.0.1:50051)"
+    )
+    watch.add_argument("--json", action="store_true", help="one JSON object per summary per line")
+    watch.add_argument("--count", type=_positive_int, help="exit after N summaries")
+
+    demo = commands.add_parser(
+        "demo", help="simulated Binance and Bitstamp, the server and the live view, offline"
+    )
+    demo.add_argument("--symbols", default="ETHBTC,BTCUSDT", help="pairs to simulate and serve")
+    demo.add_argument("--port", default="50051", help="gRPC port of the demo server")
+    demo.add_argument("--json", action="store_true", help="print JSON lines instead of the view")
+    demo.add_argument("--count", type=_positive_int, help="exit after N summaries")
+
+    simulate = commands.add_parser(
+        "simulate", help="run only the simulated venues (point serve at them with --venue-url)"
+    )
+    simulate.add_argument("--host", default="127.0.0.1")
+    simulate.add_argument(
+        "--venue",
+        action="append",
+        metavar="NAME=PORT",
+        help="venue to simulate and its port (default binance=9001 bitstamp=9002)",
+    )
+    simulate.add_argument("--seed", type=int, help="seed for a reproducible market")
+    simulate.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not positive")
+    return value
+
+
+async def _until_signalled() -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            log.info("received %s: shutting down", signal.Signals(signum).name)
+            return
+
+
+async def _serve(config: ServeConfig) -> None:
+    from aggtrio.app import run_service
+
+    async with trio.open_nursery() as nursery:
+        service = await nursery.start(run_service, config)
+        await _until_signalled()
+        await service.close_streams(SHUTDOWN_GRACE)
+        nursery.cancel_scope.cancel()
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config = serve_config_from_args(args)
+    configure_logging(config.log_level)
+    try:
+        trio.run(_serve, config)
+    except OSError as exc:
+        # Typically the port is taken or the host is not an address of this machine.
+        reason = exc.strerror or exc
+        print(
+            f"aggtrio serve: error: cannot listen on {config.host}:{config.port}: {reason}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    from aggtrio.watch import parse_server_address, run_watch
+
+    server = args.server or os.environ.get("AGGTRIO_SERVER", "127.0.0.1:50051")
+    try:
+        parse_server_address(server)
+        symbol = parse_symbols(args.symbol)[0] if args.symbol else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    try:
+        return trio.run(lambda: run_watch(server, symbol, json_lines=args.json, count=args.count))
+    except KeyboardInterrupt:
+        return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from aggtrio.demo import run_demo
+
+    symbols = parse_symbols(args.symbols)
+    port = parse_port(args.port)
+    configure_logging("WARNING")
+    try:
+        return trio.run(
+            lambda: run_demo(symbols, port=port, json_lines=args.json, count=args.count)
+        )
+    except KeyboardInterrupt:
+        return 0
+    except OSError as exc:
+        print(
+            f"aggtrio demo: error: cannot listen on port {port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from aggtrio.simulator import run_simulators
+
+    venues: dict[str, int] = {}
+    for text in args.venue or ["binance=9001", "bitstamp=9002"]:
+        name, _, port_text = text.partition("=")
+        if name not in ("binance", "bitstamp"):
+            raise ConfigError(f"--venue: cannot simulate venue {name!r}")
+        venues[name] = parse_port(port_text)
+    configure_logging(parse_log_level(args.log_level))
+
+    async def simulate() -> None:
+        async with trio.open_nursery() as nursery:
+            sims = await nursery.start(
+                lambda task_status: run_simulators(
+                    venues, host=args.host, seed=args.seed, task_status=task_status
+                )
+            )
+            for name, sim in sims.items():
+                log.info("simulated %s at %s", name, sim.url)
+            await _until_signalled()
+            nursery.cancel_scope.cancel()
+
+    trio.run(simulate)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "serve": _cmd_serve,
+    "watch": _cmd_watch,
+    "demo": _cmd_demo,
+    "simulate": _cmd_simulate,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"aggtrio {args.command}: error: {exc}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
