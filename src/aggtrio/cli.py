@@ -179,15 +179,32 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(config.log_level)
     try:
         trio.run(_serve, config)
-    except OSError as exc:
+    except BaseException as exc:
+        if isinstance(_leaf(exc), KeyboardInterrupt):  # Ctrl-C before the handler was set
+            return 0
         # Typically the port is taken or the host is not an address of this machine.
-        reason = exc.strerror or exc
+        reason = _listen_error(exc)
         print(
             f"aggtrio serve: error: cannot listen on {config.host}:{config.port}: {reason}",
             file=sys.stderr,
         )
         return 1
     return 0
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member groups (nurseries wrap everything)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _listen_error(exc: BaseException) -> str:
+    """The reason of an OSError that ended trio.run; anything else is re-raised."""
+    leaf = _leaf(exc)
+    if not isinstance(leaf, OSError):
+        raise exc
+    return str(leaf.strerror or leaf)
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
@@ -215,13 +232,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return trio.run(
             lambda: run_demo(symbols, port=port, json_lines=args.json, count=args.count)
         )
-    except KeyboardInterrupt:
-        return 0
-    except OSError as exc:
-        print(
-            f"aggtrio demo: error: cannot listen on port {port}: {exc.strerror or exc}",
-            file=sys.stderr,
-        )
+    except BaseException as exc:
+        if isinstance(_leaf(exc), KeyboardInterrupt):
+            return 0
+        reason = _listen_error(exc)
+        print(f"aggtrio demo: error: cannot listen on port {port}: {reason}", file=sys.stderr)
         return 1
 
 

@@ -48,9 +48,9 @@ class FeedState(enum.Enum):
 class Backoff:
     """Capped exponential backoff with jitter.
 
-    The first retry after a connection that had been up is immediate (venues drop healthy
-    connections routinely); after that each failure doubles the delay up to `maximum`. A
-    connection that stays up for `stable_after` seconds resets the sequence.
+    The first retry is immediate (venues drop healthy connections routinely); after that
+    each consecutive failure doubles the delay up to `maximum`. A connection that stays up
+    for `stable_after` seconds resets the sequence.
     """
 
     initial: float = 0.5

@@ -68,3 +68,12 @@ async def test_demo_runs_offline_and_shows_both_venues() -> None:
     assert len(summaries) == 40
     venues = {level["exchange"] for s in summaries for level in [*s["bids"], *s["asks"]]}
     assert venues == {"binance", "bitstamp"}
+
+
+async def test_serve_on_a_taken_port_is_one_line_and_nonzero(server: ServerProcess) -> None:
+    result = await run_cli("serve", "--port", str(server.port))
+    assert result.returncode == 1
+    err = result.stderr.decode().strip().splitlines()
+    assert err == [
+        f"aggtrio serve: error: cannot listen on 127.0.0.1:{server.port}: Address already in use"
+    ]
