@@ -93,6 +93,8 @@ def parse_venue_url(text: str) -> tuple[str, str]:
         parts.port  # noqa: B018 - raises ValueError when the port is not a number
     except ValueError:
         raise ConfigError(f"venue URL {url!r} has an invalid port") from None
+    if parts.netloc.endswith(":"):
+        raise ConfigError(f"venue URL {url!r} has an empty port")
     if not parts.hostname:
         raise ConfigError(f"venue URL {url!r} has no host")
     if parts.path not in ("", "/") or parts.query or parts.fragment:

@@ -60,7 +60,8 @@ class Backoff:
     def delay(self, failures: int, rng: random.Random) -> float:
         if failures <= 1:
             return 0.0
-        ceiling = min(self.maximum, self.initial * 2.0 ** (failures - 2))
+        # The exponent is capped first: 2.0 ** 1024 overflows after a long outage.
+        ceiling = min(self.maximum, self.initial * 2.0 ** min(failures - 2, 64))
         # "Equal jitter": at least half the ceiling, so retries never collapse to a tight loop.
         return ceiling / 2.0 + rng.uniform(0.0, ceiling / 2.0)
 

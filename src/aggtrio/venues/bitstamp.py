@@ -62,7 +62,7 @@ class BitstampAdapter(VenueAdapter):
         if event == "bts:heartbeat":
             return []
         if event == "bts:subscription_succeeded":
-            symbol = self._symbol_by_channel.get(envelope.get("channel"))  # type: ignore[arg-type]
+            symbol = self._symbol_for(envelope.get("channel"))
             return [Subscribed(symbol)] if symbol else []
         if event == "bts:request_reconnect":
             return [ReconnectRequested("bitstamp requested a reconnect")]
@@ -72,9 +72,13 @@ class BitstampAdapter(VenueAdapter):
             return []
         raise MalformedMessageError(f"unexpected event {event!r:.60}")
 
+    def _symbol_for(self, channel: object) -> str | None:
+        # The channel comes off the wire: it may be any JSON value, including unhashable ones.
+        return self._symbol_by_channel.get(channel) if isinstance(channel, str) else None
+
     def _book(self, envelope: dict[str, Any], recv_ns: int) -> VenueBook:
         channel = envelope.get("channel")
-        symbol = self._symbol_by_channel.get(channel) if isinstance(channel, str) else None
+        symbol = self._symbol_for(channel)
         if symbol is None:
             raise MalformedMessageError(f"data for a channel we did not subscribe: {channel!r:.60}")
         data = envelope.get("data")

@@ -1,0 +1,134 @@
+"""The real CLI refuses bad values with one readable line and status 2, never a traceback.
+
+Every case runs ``python -m aggtrio …`` in its own process; all of them are started at once
+(each Python start costs a fraction of a second) and the tests read the collected results.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+
+import attrs
+import pytest
+
+TIMEOUT = 30.0  # a case that does not fail fast would be serving: stop it and fail the test
+
+
+@attrs.frozen
+class Case:
+    args: tuple[str, ...]
+    env: Mapping[str, str] = attrs.field(factory=dict)
+    # Text the error line must contain: what was wrong, and where it came from.
+    mentions: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class Result:
+    returncode: int | None
+    stdout: str
+    stderr: str
+
+
+BAD_VALUES: dict[str, Case] = {
+    "unknown venue": Case(("serve", "--venues", "foo"), mentions=("--venues", "foo", "binance")),
+    "bad symbol": Case(("serve", "--symbols", "ETH BTC"), mentions=("--symbols", "ETH BTC")),
+    "port out of range": Case(("serve", "--port", "70000"), mentions=("--port", "70000")),
+    "http venue url": Case(
+        ("serve", "--venue-url", "binance=http://x"), mentions=("--venue-url", "http://x")
+    ),
+    "depth zero": Case(("serve", "--depth", "0"), mentions=("--depth", "0")),
+    "bad watch server": Case(("watch", "--server", "nonsense"), mentions=("nonsense",)),
+    "bad port in env": Case(
+        ("serve",), env={"AGGTRIO_PORT": "abc"}, mentions=("AGGTRIO_PORT", "abc")
+    ),
+}
+
+OTHER: dict[str, Case] = {
+    "version": Case(("--version",)),
+    "serve help": Case(("serve", "--help")),
+}
+
+
+def _environment(extra: Mapping[str, str]) -> dict[str, str]:
+    # As a user runs it: none of our variables set unless the case sets them.
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("AGGTRIO_") and name != "PYTHONWARNINGS"
+    }
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, Result]:
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", "aggtrio", *case.args],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=_environment(case.env),
+            text=True,
+        )
+        for name, case in {**BAD_VALUES, **OTHER}.items()
+    }
+    collected: dict[str, Result] = {}
+    try:
+        for name, proc in procs.items():
+            try:
+                stdout, stderr = proc.communicate(timeout=TIMEOUT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                stdout, stderr = proc.communicate()
+                collected[name] = Result(None, stdout, stderr)
+            else:
+                collected[name] = Result(proc.returncode, stdout, stderr)
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return collected
+
+
+@pytest.mark.parametrize("name", list(BAD_VALUES))
+def test_bad_value_exits_2_with_one_line_naming_the_problem(
+    results: dict[str, Result], name: str
+) -> None:
+    case, result = BAD_VALUES[name], results[name]
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("aggtrio")
+    assert "error" in line
+    for text in case.mentions:
+        assert text in line
+    assert result.stdout == ""
+
+
+def test_version_exits_0(results: dict[str, Result]) -> None:
+    result = results["version"]
+    assert result.returncode == 0, result
+    assert result.stdout.startswith("aggtrio ")
+    assert result.stdout.split()[1][0].isdigit()
+
+
+def test_serve_help_mentions_every_flag(results: dict[str, Result]) -> None:
+    result = results["serve help"]
+    assert result.returncode == 0, result
+    for flag in (
+        "--host",
+        "--port",
+        "--symbols",
+        "--venues",
+        "--venue-url",
+        "--depth",
+        "--log-level",
+    ):
+        assert flag in result.stdout

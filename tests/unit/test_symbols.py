@@ -1,0 +1,89 @@
+"""Pair names: every accepted spelling means one canonical symbol; anything else is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from aggtrio.symbols import (
+    MAX_SYMBOL_LENGTH,
+    InvalidSymbolError,
+    normalize_symbol,
+    parse_symbol_list,
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "ETHBTC",
+        "ethbtc",
+        "EthBtc",
+        "ETH/BTC",
+        "eth/btc",
+        "ETH-BTC",
+        "eth_btc",
+        " ETHBTC ",
+        "\tETH-BTC\n",
+    ],
+)
+def test_accepted_spellings_normalize_to_the_canonical_symbol(text: str) -> None:
+    assert normalize_symbol(text) == "ETHBTC"
+
+
+def test_digits_are_kept() -> None:
+    assert normalize_symbol("1inch-usdt") == "1INCHUSDT"
+
+
+def test_length_limit_is_inclusive() -> None:
+    text = "A" * MAX_SYMBOL_LENGTH
+    assert MAX_SYMBOL_LENGTH == 32
+    assert normalize_symbol(text) == text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "A" * 33,
+        "ETH BTC",
+        "ETH.BTC",
+        "ETH/BTC/X",
+        "ETH//BTC",
+        "ETH-",
+        "/BTC",
+        "ETH:BTC",
+        "€",
+        "ETH€",
+        "ÉTHBTC",
+        "E",
+        "e",
+    ],
+)
+def test_invalid_symbols_are_rejected(text: str) -> None:
+    with pytest.raises(InvalidSymbolError):
+        normalize_symbol(text)
+
+
+def test_invalid_symbol_error_is_a_value_error_with_a_one_line_reason() -> None:
+    with pytest.raises(ValueError, match="ETH BTC") as info:
+        normalize_symbol("ETH BTC")
+    assert "\n" not in str(info.value)
+
+
+def test_symbol_list_keeps_order_and_drops_repeats() -> None:
+    assert parse_symbol_list("btc-usdt,ETHBTC,eth/btc,BTCUSDT, ethbtc ,ltc_btc") == (
+        "BTCUSDT",
+        "ETHBTC",
+        "LTCBTC",
+    )
+
+
+def test_symbol_list_of_one() -> None:
+    assert parse_symbol_list("eth/btc") == ("ETHBTC",)
+
+
+@pytest.mark.parametrize("text", ["", "ETHBTC,", "ETHBTC,,BTCUSDT", "ETHBTC,ETH BTC"])
+def test_symbol_list_with_a_bad_entry_is_rejected(text: str) -> None:
+    with pytest.raises(InvalidSymbolError):
+        parse_symbol_list(text)
