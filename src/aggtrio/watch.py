@@ -318,6 +318,27 @@ _ASK = Text("ask", style="dim")
 _BID = Text("bid", style="dim")
 
 
+def _add_side(
+    table: Table,
+    label: Text,
+    levels: Sequence[orderbook_pb2.Level],
+    *,
+    price_style: str,
+    empty: str,
+    price_dp: int,
+    amount_dp: int,
+) -> None:
+    if not levels:
+        table.add_row(label, Text(empty, style="dim"), EMPTY, EMPTY)
+    for lv in levels:
+        table.add_row(
+            label,
+            exchange_text(lv.exchange),
+            Text(_fmt(lv.price, price_dp), style=price_style),
+            _fmt(lv.amount, amount_dp),
+        )
+
+
 def render_book(summary: orderbook_pb2.Summary | None, depth: int = BOOK_DEPTH) -> RenderableType:
     """The ladder: asks highest price first, the spread line, then bids best first.
 
@@ -338,17 +359,16 @@ def render_book(summary: orderbook_pb2.Summary | None, depth: int = BOOK_DEPTH) 
     table.add_column("price", justify="right")
     table.add_column("amount", justify="right")
 
-    if asks:
-        # Levels arrive best (lowest) first: mirror them so the best ask is nearest the spread.
-        for lv in reversed(asks):
-            table.add_row(
-                _ASK,
-                exchange_text(lv.exchange),
-                Text(_fmt(lv.price, price_dp), style="red"),
-                _fmt(lv.amount, amount_dp),
-            )
-    else:
-        table.add_row(_ASK, Text("no asks", style="dim"), EMPTY, EMPTY)
+    # Levels arrive best first: asks are mirrored so the best ask is nearest the spread.
+    _add_side(
+        table,
+        _ASK,
+        asks[::-1],
+        price_style="red",
+        empty="no asks",
+        price_dp=price_dp,
+        amount_dp=amount_dp,
+    )
     table.rows[-1].end_section = True
 
     table.add_row(
@@ -358,17 +378,15 @@ def render_book(summary: orderbook_pb2.Summary | None, depth: int = BOOK_DEPTH) 
         _spread_bps(asks, bids, summary.spread),
         end_section=True,
     )
-
-    if bids:
-        for lv in bids:
-            table.add_row(
-                _BID,
-                exchange_text(lv.exchange),
-                Text(_fmt(lv.price, price_dp), style="green"),
-                _fmt(lv.amount, amount_dp),
-            )
-    else:
-        table.add_row(_BID, Text("no bids", style="dim"), EMPTY, EMPTY)
+    _add_side(
+        table,
+        _BID,
+        bids,
+        price_style="green",
+        empty="no bids",
+        price_dp=price_dp,
+        amount_dp=amount_dp,
+    )
     return table
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import attrs
+import orjson
 
 from aggtrio.model import PriceLevel, VenueBook
 
@@ -79,6 +80,17 @@ class VenueAdapter(ABC):
     @abstractmethod
     def handle_message(self, message: str | bytes, recv_ns: int) -> list[AdapterEvent]:
         """Turn one received message into events; raise MalformedMessageError if it is bad."""
+
+
+def load_json_object(message: str | bytes) -> dict[str, Any]:
+    """Decode a venue message that must be a JSON object."""
+    try:
+        value = orjson.loads(message)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedMessageError(f"invalid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise MalformedMessageError("message is not a JSON object")
+    return value
 
 
 def parse_side(raw: object, depth: int, *, descending: bool, side: str) -> tuple[PriceLevel, ...]:

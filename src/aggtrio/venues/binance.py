@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import orjson
-
 from aggtrio.model import VenueBook
 from aggtrio.venues.base import (
     AdapterEvent,
@@ -20,6 +18,7 @@ from aggtrio.venues.base import (
     VenueAdapter,
     VenueError,
     check_not_crossed,
+    load_json_object,
     parse_side,
 )
 
@@ -50,12 +49,7 @@ class BinanceAdapter(VenueAdapter):
         self._last_raw.clear()
 
     def handle_message(self, message: str | bytes, recv_ns: int) -> list[AdapterEvent]:
-        try:
-            envelope = orjson.loads(message)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedMessageError(f"invalid JSON: {exc}") from None
-        if not isinstance(envelope, dict):
-            raise MalformedMessageError("message is not a JSON object")
+        envelope = load_json_object(message)
         stream = envelope.get("stream")
         data = envelope.get("data")
         if stream is None:

@@ -20,6 +20,7 @@ from aggtrio.venues.base import (
     VenueAdapter,
     VenueError,
     check_not_crossed,
+    load_json_object,
     parse_side,
 )
 
@@ -50,12 +51,7 @@ class BitstampAdapter(VenueAdapter):
         return HEARTBEAT
 
     def handle_message(self, message: str | bytes, recv_ns: int) -> list[AdapterEvent]:
-        try:
-            envelope = orjson.loads(message)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedMessageError(f"invalid JSON: {exc}") from None
-        if not isinstance(envelope, dict):
-            raise MalformedMessageError("message is not a JSON object")
+        envelope = load_json_object(message)
         event = envelope.get("event")
         if event == "data":
             return [self._book(envelope, recv_ns)]
