@@ -29,6 +29,7 @@ from aggtrio.config import (
     parse_venue_urls,
     parse_venues,
 )
+from aggtrio.exception_groups import single_leaf
 
 log = logging.getLogger("aggtrio")
 T = TypeVar("T")
@@ -180,7 +181,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     try:
         trio.run(_serve, config)
     except BaseException as exc:
-        if isinstance(_leaf(exc), KeyboardInterrupt):  # Ctrl-C before the handler was set
+        if isinstance(single_leaf(exc), KeyboardInterrupt):  # Ctrl-C before the handler was set
             return 0
         # Typically the port is taken or the host is not an address of this machine.
         reason = _listen_error(exc)
@@ -192,16 +193,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member groups (nurseries wrap everything)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def _listen_error(exc: BaseException) -> str:
     """The reason of an OSError that ended trio.run; anything else is re-raised."""
-    leaf = _leaf(exc)
+    leaf = single_leaf(exc)
     if not isinstance(leaf, OSError):
         raise exc
     return str(leaf.strerror or leaf)
@@ -233,7 +227,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             lambda: run_demo(symbols, port=port, json_lines=args.json, count=args.count)
         )
     except BaseException as exc:
-        if isinstance(_leaf(exc), KeyboardInterrupt):
+        if isinstance(single_leaf(exc), KeyboardInterrupt):
             return 0
         reason = _listen_error(exc)
         print(f"aggtrio demo: error: cannot listen on port {port}: {reason}", file=sys.stderr)

@@ -17,6 +17,7 @@ import attrs
 import trio
 import trio_websocket
 
+from aggtrio.exception_groups import single_leaf
 from aggtrio.model import BookEvent, VenueBook, VenueDown
 from aggtrio.venues.base import (
     MalformedMessageError,
@@ -88,13 +89,6 @@ class _ReconnectNow(Exception):
 
 
 UNEXPECTED = "unexpected error"
-
-
-def _single_leaf(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member groups (nurseries wrap everything)."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 def _why_connection_ended(exc: BaseException) -> str | None:
@@ -205,7 +199,7 @@ class Feed:
             ) as ws:
                 await self._session(ws)
         except BaseException as exc:
-            reason = _why_connection_ended(_single_leaf(exc))
+            reason = _why_connection_ended(single_leaf(exc))
             if reason is None:
                 raise
             if reason == UNEXPECTED:
