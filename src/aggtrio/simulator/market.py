@@ -20,9 +20,11 @@ import random
 import attrs
 
 # Reference mids revert to their starting price with this time constant (seconds) and move
-# by this much per sqrt(second) in log terms: the stationary spread is about +-0.35 %.
+# by this much per sqrt(second) in log terms (~17 % a year: a calm market). Much more, and
+# the mid moves several level spacings between two updates of one venue, so the venue that
+# updated last crosses the other most of the time. Stationary spread about +-0.05 %.
 _REVERSION_SECONDS = 600.0
-_VOLATILITY = 2e-4
+_VOLATILITY = 3e-5
 # Hard bound on the log-distance from the start price, in case of an extreme draw.
 _MAX_LOG_DEVIATION = 0.1
 # Typical gap between neighbouring levels, relative to the price (about 0.2 bp).
@@ -104,6 +106,9 @@ def format_units(units: int, decimals: int) -> str:
         return str(units)
     text = str(units).rjust(decimals + 1, "0")
     return f"{text[:-decimals]}.{text[-decimals:]}"
+
+
+_BIAS_SPREAD = 0.45  # stationary std of a venue's quoting bias, in level spacings
 
 
 class _Walk:
@@ -238,9 +243,11 @@ class MovingBook:
         tick = self.spec.tick
         self._spacing = max(1, round(mid * _LEVEL_SPACING / tick))
         self._typical_lots = max(1.0, self.spec.typical_qty / self.spec.lot)
-        # Each venue quotes around its own slightly biased price (in units of level spacing),
-        # enough for venues to cross now and then.
-        self._bias = rng.gauss(0.0, 1.0)
+        # Each venue quotes around its own slightly biased price (in units of level spacing).
+        # The bias wanders with a stationary spread of ~0.45 spacing, well inside the
+        # venue's half-spread, so two venues cross now and then (a few % of the time), as
+        # real venues briefly do, rather than most of the time.
+        self._bias = rng.gauss(0.0, _BIAS_SPREAD)
         self.bids = _Side(-1)
         self.asks = _Side(+1)
         self.step(now)
@@ -260,7 +267,7 @@ class MovingBook:
         """Move the book towards the market at ``now``; touches a few levels only."""
         rng = self._rng
         spacing = self._spacing
-        self._bias = 0.9 * self._bias + rng.gauss(0.0, 0.45)
+        self._bias = 0.9 * self._bias + rng.gauss(0.0, _BIAS_SPREAD * math.sqrt(1 - 0.9**2))
         centre = self.market.mid(self.symbol, now) / self.spec.tick + self._bias * spacing
         half = spacing * rng.uniform(0.3, 1.2)
         best_bid = max(1, math.floor(centre - half))
