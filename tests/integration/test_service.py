@@ -217,8 +217,9 @@ async def test_a_killed_venue_leaves_the_book_within_two_seconds_and_returns(
     assert any("binance: down" in line for line in server.log)
 
 
-async def test_sigterm_ends_client_streams_with_unavailable_and_exits_zero(
-    server: ServerProcess, grpcio_modules: tuple[ModuleType, ModuleType]
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_signal_ends_client_streams_with_unavailable_and_exits_zero(
+    server: ServerProcess, grpcio_modules: tuple[ModuleType, ModuleType], signum: signal.Signals
 ) -> None:
     pb2, pb2_grpc = grpcio_modules
     first = trio.Event()
@@ -244,7 +245,7 @@ async def test_sigterm_ends_client_streams_with_unavailable_and_exits_zero(
         with trio.fail_after(10):
             await first.wait()
         sent_at = trio.current_time()
-        server.terminate()
+        server.process.send_signal(signum)
         with trio.fail_after(5):
             await server.process.wait()
         assert trio.current_time() - sent_at < 2.0

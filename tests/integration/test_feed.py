@@ -1,0 +1,143 @@
+"""The feed loop against real WebSocket servers: liveness, orderly reconnects, backoff."""
+
+from __future__ import annotations
+
+import functools
+
+import trio
+import trio_websocket
+
+from aggtrio.feed import Backoff, Feed, FeedState
+from aggtrio.model import BookEvent, VenueBook, VenueDown
+from aggtrio.simulator import BinanceSimulator, BitstampSimulator, Market
+from aggtrio.venues.binance import BinanceAdapter
+from aggtrio.venues.bitstamp import BitstampAdapter
+
+
+async def next_event(events: trio.MemoryReceiveChannel[BookEvent], kind: type) -> BookEvent:
+    """The next event of `kind`, skipping others."""
+    async for event in events:
+        if isinstance(event, kind):
+            return event
+    raise AssertionError("channel closed")
+
+
+async def test_a_silent_venue_is_declared_stale_and_replaced(nursery: trio.Nursery) -> None:
+    connections = 0
+
+    async def handler(request: trio_websocket.WebSocketRequest) -> None:
+        nonlocal connections
+        connections += 1
+        ws = await request.accept()
+        if connections == 1:  # the first connection sends one book, then falls silent
+            await ws.send_message(
+                '{"stream":"ethbtc@depth20@100ms","data":{"lastUpdateId":1,'
+                '"bids":[["1.0","1.0"]],"asks":[["2.0","1.0"]]}}'
+            )
+        await trio.sleep_forever()
+
+    server = await nursery.start(
+        functools.partial(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, ssl_context=None)
+    )
+    send, receive = trio.open_memory_channel[BookEvent](16)
+    feed = Feed(
+        BinanceAdapter(["ETHBTC"], 10),
+        f"ws://127.0.0.1:{server.port}",
+        send,
+        liveness_timeout=0.5,
+    )
+    nursery.start_soon(feed.run)
+    with trio.fail_after(5):
+        book = await next_event(receive, VenueBook)
+        silent_since = trio.current_time()
+        down = await next_event(receive, VenueDown)
+    assert isinstance(book, VenueBook)
+    assert isinstance(down, VenueDown)
+    assert down.symbols == ("ETHBTC",)
+    assert "stale" in down.reason
+    assert 0.5 <= trio.current_time() - silent_since < 1.5
+    with trio.fail_after(5):
+        while connections < 2:  # noqa: ASYNC110 - polling a counter the server task owns
+            await trio.sleep(0.01)
+    assert feed.stats.reconnects >= 1
+
+
+async def test_a_quiet_bitstamp_book_is_not_stale_while_heartbeats_are_answered(
+    nursery: trio.Nursery,
+) -> None:
+    venue = BitstampSimulator(Market(seed=3), seed=3)
+    await nursery.start(venue.serve)
+    venue.freeze()  # no book changes: Bitstamp sends nothing but heartbeat replies
+    send, receive = trio.open_memory_channel[BookEvent](16)
+
+    class FastHeartbeat(BitstampAdapter):
+        heartbeat_interval = 0.2
+
+    feed = Feed(FastHeartbeat(["ETHBTC"], 10), venue.url, send, liveness_timeout=0.6)
+    nursery.start_soon(feed.run)
+    with trio.fail_after(5):
+        await next_event(receive, VenueBook)
+    await trio.sleep(2.0)  # more than three liveness timeouts of book silence
+    assert feed.stats.state is FeedState.LIVE
+    assert feed.stats.reconnects == 0
+    assert venue.connections_total == 1
+
+
+async def test_binance_server_shutdown_reconnects_at_once(nursery: trio.Nursery) -> None:
+    venue = BinanceSimulator(Market(seed=4), seed=4, shutdown_grace=5.0)
+    await nursery.start(venue.serve)
+    send, receive = trio.open_memory_channel[BookEvent](64)
+    slow = Backoff(initial=10.0, maximum=10.0)  # any backoff would show as a 10 s wait
+    feed = Feed(BinanceAdapter(["ETHBTC"], 10), venue.url, send, backoff=slow)
+    nursery.start_soon(feed.run)
+    with trio.fail_after(5):
+        await next_event(receive, VenueBook)
+    await venue.request_shutdown()
+    with trio.fail_after(2):  # well before the venue's 5 s grace would close the socket
+        down = await next_event(receive, VenueDown)
+        await next_event(receive, VenueBook)
+    assert isinstance(down, VenueDown)
+    assert "shutdown" in down.reason
+    assert venue.connections_total == 2
+
+
+async def test_bitstamp_request_reconnect_reconnects_and_resubscribes(
+    nursery: trio.Nursery,
+) -> None:
+    venue = BitstampSimulator(Market(seed=5), seed=5, reconnect_grace=5.0)
+    await nursery.start(venue.serve)
+    send, receive = trio.open_memory_channel[BookEvent](64)
+    feed = Feed(
+        BitstampAdapter(["ETHBTC", "BTCUSDT"], 10),
+        venue.url,
+        send,
+        backoff=Backoff(initial=10.0, maximum=10.0),
+    )
+    nursery.start_soon(feed.run)
+    with trio.fail_after(5):
+        await next_event(receive, VenueBook)
+    subscribed_before = venue.subscribe_requests
+    await venue.request_reconnect()
+    seen: set[str] = set()
+    with trio.fail_after(2):
+        await next_event(receive, VenueDown)
+        while seen != {"ETHBTC", "BTCUSDT"}:  # both symbols come back on the new connection
+            event = await next_event(receive, VenueBook)
+            seen.add(event.symbol)  # type: ignore[union-attr]
+    assert venue.connections_total == 2
+    assert venue.subscribe_requests == subscribed_before + 2
+
+
+async def test_a_refusing_venue_is_retried_with_growing_delays(nursery: trio.Nursery) -> None:
+    venue = BinanceSimulator(Market(seed=6), seed=6)
+    await nursery.start(venue.serve)
+    await venue.kill()  # the port refuses connections
+    send, _receive = trio.open_memory_channel[BookEvent](16)
+    feed = Feed(
+        BinanceAdapter(["ETHBTC"], 10), venue.url, send, backoff=Backoff(initial=0.2, maximum=0.8)
+    )
+    nursery.start_soon(feed.run)
+    await trio.sleep(3.0)
+    # Delays 0, 0.1-0.2, 0.2-0.4, 0.4-0.8, then 0.4-0.8 each: no tight loop (at most 8 in 3 s).
+    assert 4 <= feed.stats.reconnects <= 8
+    assert feed.stats.state is FeedState.BACKING_OFF
