@@ -8,7 +8,6 @@ forms a WebSocket library may hand over.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
@@ -21,30 +20,14 @@ from aggtrio.venues.base import (
 )
 from aggtrio.venues.binance import BinanceAdapter
 
+from .wire import Wire
+
 Side = list[list[str]]
 
 DEFAULT_ENDPOINT = "wss://stream.binance.com:9443"
 SIMULATOR = "ws://127.0.0.1:9001"
 ETHBTC_STREAM = "ethbtc@depth20@100ms"
 RECV_NS = 1_700_000_000_123_456_789
-
-
-class Wire:
-    """Serialises a JSON value the way it arrives from the socket: as bytes or as text."""
-
-    def __init__(self, as_bytes: bool) -> None:
-        self.as_bytes = as_bytes
-
-    def __call__(self, value: Any) -> str | bytes:
-        return self.text(json.dumps(value))
-
-    def text(self, text: str) -> str | bytes:
-        return text.encode() if self.as_bytes else text
-
-
-@pytest.fixture(params=[True, False], ids=["bytes", "str"])
-def wire(request: pytest.FixtureRequest) -> Wire:
-    return Wire(request.param)
 
 
 def bid_side(n: int = 20) -> Side:

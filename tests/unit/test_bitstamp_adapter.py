@@ -22,28 +22,12 @@ from aggtrio.venues.base import (
 )
 from aggtrio.venues.bitstamp import BitstampAdapter
 
+from .wire import Wire
+
 Side = list[list[str]]
 
 DEFAULT_ENDPOINT = "wss://ws.bitstamp.net"
 RECV_NS = 1_641_343_695_681_418_000
-
-
-class Wire:
-    """Serialises a JSON value the way it arrives from the socket: as bytes or as text."""
-
-    def __init__(self, as_bytes: bool) -> None:
-        self.as_bytes = as_bytes
-
-    def __call__(self, value: Any) -> str | bytes:
-        return self.text(json.dumps(value))
-
-    def text(self, text: str) -> str | bytes:
-        return text.encode() if self.as_bytes else text
-
-
-@pytest.fixture(params=[True, False], ids=["bytes", "str"])
-def wire(request: pytest.FixtureRequest) -> Wire:
-    return Wire(request.param)
 
 
 def bid_side(n: int = 100) -> Side:
