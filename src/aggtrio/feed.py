@@ -80,6 +80,13 @@ class FeedStats:
     last_message_ns: int = 0
 
 
+@attrs.frozen(slots=True)
+class ConnectionEnded:
+    reason: str
+    # The venue asked for the reconnect (maintenance, age limit): no backoff is due.
+    orderly: bool
+
+
 class StaleFeedError(Exception):
     """Nothing arrived within the liveness timeout."""
 
@@ -173,12 +180,13 @@ class Feed:
         while True:
             self._set_state(FeedState.CONNECTING, self.url)
             started = time.monotonic()
-            reason = await self._connect_once()
+            ended = await self._connect_once()
+            reason = ended.reason
             await self._report_down(reason)
             self.stats.reconnects += 1
-            if reason.startswith("reconnect requested"):
+            if ended.orderly:
                 failures = 0
-                continue  # an orderly request: come straight back
+                continue  # the venue asked for it: come straight back
             if time.monotonic() - started >= self.backoff.stable_after:
                 failures = 0
             failures += 1
@@ -186,8 +194,8 @@ class Feed:
             self._set_state(FeedState.BACKING_OFF, f"{reason}; retry in {delay:.1f}s")
             await trio.sleep(delay)
 
-    async def _connect_once(self) -> str:
-        """Run one connection to its end; return why it ended. Never raises but Cancelled."""
+    async def _connect_once(self) -> ConnectionEnded:
+        """Run one connection to its end; say why it ended. Never raises but Cancelled."""
         try:
             async with trio_websocket.open_websocket_url(
                 self.url,
@@ -199,13 +207,14 @@ class Feed:
             ) as ws:
                 await self._session(ws)
         except BaseException as exc:
-            reason = _why_connection_ended(single_leaf(exc))
+            leaf = single_leaf(exc)
+            reason = _why_connection_ended(leaf)
             if reason is None:
                 raise
             if reason == UNEXPECTED:
                 log.error("%s: unexpected error; reconnecting", self.venue, exc_info=exc)
-            return reason
-        return "connection ended"
+            return ConnectionEnded(reason, orderly=isinstance(leaf, _ReconnectNow))
+        return ConnectionEnded("connection ended", orderly=False)
 
     async def _session(self, ws: trio_websocket.WebSocketConnection) -> None:
         self.adapter.reset()
