@@ -235,14 +235,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from aggtrio.simulator import run_simulators
+    from aggtrio.simulator import SIMULATORS, run_simulators
 
     venues: dict[str, int] = {}
     for text in args.venue or ["binance=9001", "bitstamp=9002"]:
         name, _, port_text = text.partition("=")
-        if name not in ("binance", "bitstamp"):
-            raise ConfigError(f"--venue: cannot simulate venue {name!r}")
-        venues[name] = parse_port(port_text)
+        if name not in SIMULATORS:
+            known = ", ".join(SIMULATORS)
+            raise ConfigError(f"--venue: cannot simulate venue {name!r} (known: {known})")
+        try:
+            venues[name] = parse_port(port_text)
+        except ConfigError as exc:
+            raise ConfigError(f"--venue: {exc}") from None
     configure_logging(parse_log_level(args.log_level))
 
     async def simulate() -> None:

@@ -41,6 +41,10 @@ BAD_VALUES: dict[str, Case] = {
     ),
     "depth zero": Case(("serve", "--depth", "0"), mentions=("--depth", "0")),
     "bad watch server": Case(("watch", "--server", "nonsense"), mentions=("nonsense",)),
+    "unknown simulated venue": Case(
+        ("simulate", "--venue", "kraken=9001"), mentions=("--venue", "kraken", "binance")
+    ),
+    "bad simulated port": Case(("simulate", "--venue", "binance=x"), mentions=("--venue", "x")),
     "bad port in env": Case(
         ("serve",), env={"AGGTRIO_PORT": "abc"}, mentions=("AGGTRIO_PORT", "abc")
     ),
