@@ -3,10 +3,16 @@
 A feed never dies because of what a venue does: connection errors, handshake failures,
 stalls and malformed messages are logged and counted, the venue is reported down to the
 aggregator at once, and the loop reconnects with capped exponential backoff and jitter.
+
+When the venue asks for a reconnect (maintenance, or its connection age limit is near), the
+feed opens the new connection first and retires the old one only once the new one has
+delivered every symbol the old one carried (make-before-break), so the venue never leaves
+the merged book.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import random
@@ -20,6 +26,7 @@ import trio_websocket
 from aggtrio.exception_groups import single_leaf
 from aggtrio.model import BookEvent, VenueBook, VenueDown
 from aggtrio.venues.base import (
+    CrossedBookError,
     MalformedMessageError,
     ReconnectRequested,
     Subscribed,
@@ -36,12 +43,17 @@ MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 DISCONNECT_TIMEOUT = 2.0
 SAMPLE_CHARS = 200
+# How long a retiring connection keeps serving while its successor comes up.
+HANDOVER_TIMEOUT = 10.0
+# Rotate this long before the venue's connection age limit would cut us off.
+ROTATE_MARGIN = 600.0
 
 
 class FeedState(enum.Enum):
     CONNECTING = "connecting"
     SUBSCRIBED = "subscribed"
     LIVE = "live"
+    STALE = "stale"
     BACKING_OFF = "backing off"
 
 
@@ -67,6 +79,18 @@ class Backoff:
         return ceiling / 2.0 + rng.uniform(0.0, ceiling / 2.0)
 
 
+@attrs.frozen(slots=True)
+class GarbageLimit:
+    """Recycle a connection that sends more than `messages` malformed messages in `window` s.
+
+    A venue that keeps sending garbage is usually a broken session (a bad deploy, a proxy
+    mangling frames); a fresh connection is the cheapest thing that can fix it.
+    """
+
+    messages: int = 20
+    window: float = 10.0
+
+
 @attrs.define
 class FeedStats:
     """What an operator wants to know about one venue connection."""
@@ -75,9 +99,27 @@ class FeedStats:
     state: FeedState = FeedState.CONNECTING
     messages: int = 0
     malformed: int = 0
+    # Of the malformed: a venue's own book crossed (best bid >= best ask), dropped.
+    crossed: int = 0
     venue_errors: int = 0
+    # Connections opened after the first (any cause, orderly handovers included).
     reconnects: int = 0
+    stalls: int = 0
+    garbage_recycles: int = 0
+    handovers: int = 0
     last_message_ns: int = 0
+
+    def last_message_age(self, now_ns: int | None = None) -> float | None:
+        """Seconds since the last message of any kind, or None if none arrived yet."""
+        if not self.last_message_ns:
+            return None
+        return ((now_ns or time.time_ns()) - self.last_message_ns) / 1e9
+
+    def summary(self) -> str:
+        return (
+            f"messages={self.messages} malformed={self.malformed} "
+            f"reconnects={self.reconnects} stalls={self.stalls}"
+        )
 
 
 @attrs.frozen(slots=True)
@@ -85,14 +127,23 @@ class ConnectionEnded:
     reason: str
     # The venue asked for the reconnect (maintenance, age limit): no backoff is due.
     orderly: bool
+    stale: bool = False
 
 
 class StaleFeedError(Exception):
     """Nothing arrived within the liveness timeout."""
 
 
+class TooMuchGarbageError(Exception):
+    """The venue sent more malformed messages than the garbage limit allows."""
+
+
 class _ReconnectNow(Exception):
-    """The venue asked for a reconnect; raised out of the read loop to close the connection."""
+    """The venue asked for a reconnect and no handover is possible: close at once."""
+
+
+class _HandedOver(Exception):
+    """A successor connection now carries every symbol this one did."""
 
 
 UNEXPECTED = "unexpected error"
@@ -100,10 +151,14 @@ UNEXPECTED = "unexpected error"
 
 def _why_connection_ended(exc: BaseException) -> str | None:
     """A one-line reason for the log, or None for what must propagate (our cancellation)."""
+    if isinstance(exc, _HandedOver):
+        return "handed over to a new connection"
     if isinstance(exc, _ReconnectNow):
         return f"reconnect requested: {exc}"
     if isinstance(exc, StaleFeedError):
         return f"stale: {exc}"
+    if isinstance(exc, TooMuchGarbageError):
+        return f"recycled: {exc}"
     if isinstance(exc, trio_websocket.ConnectionClosed):
         return f"connection closed ({exc.reason})"
     if isinstance(exc, trio_websocket.ConnectionRejected):
@@ -143,6 +198,37 @@ class _RateLimitedLog:
         emit(message)
 
 
+class _Connection:
+    """One WebSocket session of a feed. Two overlap only while one hands over to the next."""
+
+    def __init__(self, adapter: VenueAdapter, generation: int, garbage: GarbageLimit) -> None:
+        self.adapter = adapter
+        self.generation = generation
+        # Symbols whose book this connection currently supplies to the aggregator.
+        self.owned: set[str] = set()
+        # Set once this connection is being replaced; the feed then opens the next one.
+        self.retiring = False
+        self.handed_over = trio.Event()
+        # Set when the feed's loop should move on: this connection retires or has ended.
+        self.released = trio.Event()
+        self.ended: ConnectionEnded | None = None
+        self.nursery: trio.Nursery | None = None
+        self._garbage = garbage
+        self._garbage_times: collections.deque[float] = collections.deque()
+
+    def note_garbage(self) -> None:
+        """Count one malformed message; raise once the garbage limit is passed."""
+        now = time.monotonic()
+        times = self._garbage_times
+        times.append(now)
+        while times and now - times[0] > self._garbage.window:
+            times.popleft()
+        if len(times) > self._garbage.messages:
+            raise TooMuchGarbageError(
+                f"{len(times)} malformed messages within {self._garbage.window:g}s"
+            )
+
+
 class Feed:
     """Runs one venue connection for a set of symbols, forever, until cancelled."""
 
@@ -154,47 +240,86 @@ class Feed:
         *,
         liveness_timeout: float | None = None,
         backoff: Backoff | None = None,
+        garbage_limit: GarbageLimit | None = None,
+        rotate_after: float | None = None,
+        handover_timeout: float = HANDOVER_TIMEOUT,
         rng: random.Random | None = None,
     ) -> None:
         self.adapter = adapter
         self.url = adapter.connect_url(base_url)
         self.liveness_timeout = liveness_timeout or adapter.default_liveness_timeout
         self.backoff = backoff or Backoff()
+        self.garbage_limit = garbage_limit or GarbageLimit()
+        age = adapter.max_connection_age
+        default_rotation = None if age is None else max(age - ROTATE_MARGIN, age / 2)
+        self.rotate_after = rotate_after or default_rotation
+        self.handover_timeout = handover_timeout
         self.stats = FeedStats(adapter.name)
         self._events = events
         self._rng = rng or random.Random()
         self._malformed_log = _RateLimitedLog()
-        self._symbols_live: set[str] = set()
+        self._error_log = _RateLimitedLog()
+        self._generation = 0
+        # Which connection supplies each symbol: the newest one that has delivered it.
+        self._owners: dict[str, _Connection] = {}
 
     @property
     def venue(self) -> str:
         return self.adapter.name
 
+    @property
+    def live_symbols(self) -> frozenset[str]:
+        return frozenset(self._owners)
+
     def _set_state(self, state: FeedState, detail: str = "") -> None:
         if state is not self.stats.state:
             self.stats.state = state
-            log.info("%s: %s%s", self.venue, state.value, f" ({detail})" if detail else "")
+            suffix = f" ({detail})" if detail else ""
+            log.info("%s: %s%s [%s]", self.venue, state.value, suffix, self.stats.summary())
+
+    def _is_current(self, connection: _Connection) -> bool:
+        return connection.generation == self._generation
 
     async def run(self) -> None:
         failures = 0
-        while True:
-            self._set_state(FeedState.CONNECTING, self.url)
-            started = time.monotonic()
-            ended = await self._connect_once()
-            reason = ended.reason
-            await self._report_down(reason)
-            self.stats.reconnects += 1
-            if ended.orderly:
-                failures = 0
-                continue  # the venue asked for it: come straight back
-            if time.monotonic() - started >= self.backoff.stable_after:
-                failures = 0
-            failures += 1
-            delay = self.backoff.delay(failures, self._rng)
-            self._set_state(FeedState.BACKING_OFF, f"{reason}; retry in {delay:.1f}s")
-            await trio.sleep(delay)
+        async with trio.open_nursery() as connections:
+            while True:
+                self._generation += 1
+                if self._generation > 1:
+                    self.stats.reconnects += 1
+                connection = _Connection(
+                    self.adapter.for_new_connection(), self._generation, self.garbage_limit
+                )
+                self._set_state(FeedState.CONNECTING, self.url)
+                started = time.monotonic()
+                connections.start_soon(self._run_connection, connection)
+                await connection.released.wait()
+                ended = connection.ended
+                if ended is None or ended.orderly:
+                    # Retiring (it goes on until its successor is live) or asked to go:
+                    # the venue wants us back at once, so no backoff.
+                    failures = 0
+                    continue
+                if ended.stale:
+                    self._set_state(FeedState.STALE, ended.reason)
+                if time.monotonic() - started >= self.backoff.stable_after:
+                    failures = 0
+                failures += 1
+                delay = self.backoff.delay(failures, self._rng)
+                self._set_state(FeedState.BACKING_OFF, f"{ended.reason}; retry in {delay:.1f}s")
+                await trio.sleep(delay)
 
-    async def _connect_once(self) -> ConnectionEnded:
+    async def _run_connection(self, connection: _Connection) -> None:
+        try:
+            ended = await self._connect_once(connection)
+            connection.ended = ended
+            if connection.retiring:
+                log.info("%s: previous connection closed (%s)", self.venue, ended.reason)
+            await self._report_down(connection, ended.reason)
+        finally:
+            connection.released.set()
+
+    async def _connect_once(self, connection: _Connection) -> ConnectionEnded:
         """Run one connection to its end; say why it ended. Never raises but Cancelled."""
         try:
             async with trio_websocket.open_websocket_url(
@@ -205,7 +330,7 @@ class Feed:
                 connect_timeout=CONNECT_TIMEOUT,
                 disconnect_timeout=DISCONNECT_TIMEOUT,
             ) as ws:
-                await self._session(ws)
+                await self._session(connection, ws)
         except BaseException as exc:
             leaf = single_leaf(exc)
             reason = _why_connection_ended(leaf)
@@ -213,27 +338,65 @@ class Feed:
                 raise
             if reason == UNEXPECTED:
                 log.error("%s: unexpected error; reconnecting", self.venue, exc_info=exc)
-            return ConnectionEnded(reason, orderly=isinstance(leaf, _ReconnectNow))
+            if isinstance(leaf, StaleFeedError):
+                self.stats.stalls += 1
+            elif isinstance(leaf, TooMuchGarbageError):
+                self.stats.garbage_recycles += 1
+            orderly = isinstance(leaf, (_ReconnectNow, _HandedOver))
+            return ConnectionEnded(reason, orderly, stale=isinstance(leaf, StaleFeedError))
         return ConnectionEnded("connection ended", orderly=False)
 
-    async def _session(self, ws: trio_websocket.WebSocketConnection) -> None:
-        self.adapter.reset()
-        for message in self.adapter.subscribe_messages():
+    async def _session(
+        self, connection: _Connection, ws: trio_websocket.WebSocketConnection
+    ) -> None:
+        adapter = connection.adapter
+        for message in adapter.subscribe_messages():
             await ws.send_message(message)
-        self._set_state(FeedState.SUBSCRIBED)
+        if self._is_current(connection):
+            self._set_state(FeedState.SUBSCRIBED)
         async with trio.open_nursery() as nursery:
-            if self.adapter.heartbeat_interval is not None:
-                nursery.start_soon(self._heartbeat, ws, self.adapter.heartbeat_interval)
-            await self._read(ws)
+            connection.nursery = nursery
+            if adapter.heartbeat_interval is not None:
+                nursery.start_soon(self._heartbeat, ws, adapter)
+            if self.rotate_after is not None:
+                nursery.start_soon(self._rotate_when_old, connection, self.rotate_after)
+            await self._read(connection, ws)
 
-    async def _heartbeat(self, ws: trio_websocket.WebSocketConnection, interval: float) -> None:
-        message = self.adapter.heartbeat_message()
-        while message is not None:
+    async def _heartbeat(
+        self, ws: trio_websocket.WebSocketConnection, adapter: VenueAdapter
+    ) -> None:
+        message = adapter.heartbeat_message()
+        interval = adapter.heartbeat_interval
+        while message is not None and interval is not None:
             await trio.sleep(interval)
             await ws.send_message(message)
 
-    async def _read(self, ws: trio_websocket.WebSocketConnection) -> None:
-        adapter, stats, send = self.adapter, self.stats, self._events.send
+    async def _rotate_when_old(self, connection: _Connection, age: float) -> None:
+        await trio.sleep(age)
+        self._retire(connection, "connection age limit near")
+
+    def _retire(self, connection: _Connection, reason: str) -> None:
+        """Start replacing `connection`: the feed opens the next one, this one keeps
+        serving until that one has taken over every symbol (or the handover times out)."""
+        if connection.retiring:
+            return
+        connection.retiring = True
+        self.stats.handovers += 1
+        log.info("%s: replacing the connection (%s)", self.venue, reason)
+        assert connection.nursery is not None
+        connection.nursery.start_soon(self._hand_over, connection, reason)
+        connection.released.set()
+
+    async def _hand_over(self, connection: _Connection, reason: str) -> None:
+        if connection.owned:
+            with trio.move_on_after(self.handover_timeout):
+                await connection.handed_over.wait()
+            if not connection.handed_over.is_set():
+                raise _ReconnectNow(f"{reason}; the new connection was not live in time")
+        raise _HandedOver
+
+    async def _read(self, connection: _Connection, ws: trio_websocket.WebSocketConnection) -> None:
+        adapter, stats, send = connection.adapter, self.stats, self._events.send
         timeout = self.liveness_timeout
         while True:
             with trio.move_on_after(timeout) as wait:
@@ -247,29 +410,50 @@ class Feed:
                 events = adapter.handle_message(message, recv_ns)
             except MalformedMessageError as exc:
                 stats.malformed += 1
+                if isinstance(exc, CrossedBookError):
+                    stats.crossed += 1
                 self._malformed_log(
                     log.warning,
                     f"{self.venue}: malformed message ({exc}): {str(message)[:SAMPLE_CHARS]!r}",
                 )
+                connection.note_garbage()
                 continue
             for event in events:
                 if isinstance(event, VenueBook):
-                    if event.symbol not in self._symbols_live:
-                        self._symbols_live.add(event.symbol)
-                        self._set_state(FeedState.LIVE)
-                    await send(event)
+                    if self._take(connection, event.symbol):
+                        await send(event)
                 elif isinstance(event, ReconnectRequested):
-                    raise _ReconnectNow(event.reason)
+                    self._retire(connection, event.reason)
                 elif isinstance(event, VenueError):
                     stats.venue_errors += 1
-                    log.warning("%s: %s", self.venue, event.message)
+                    self._error_log(log.warning, f"{self.venue}: {event.message}")
                 elif isinstance(event, Subscribed):
                     log.debug("%s: subscribed to %s", self.venue, event.symbol)
 
-    async def _report_down(self, reason: str) -> None:
-        if not self._symbols_live:
+    def _take(self, connection: _Connection, symbol: str) -> bool:
+        """Whether `connection`'s book for `symbol` goes to the aggregator: yes unless a newer
+        connection already supplies that symbol."""
+        owner = self._owners.get(symbol)
+        if owner is connection:
+            return True
+        if owner is not None:
+            if owner.generation > connection.generation:
+                return False  # a retiring connection's late data: the successor has it
+            owner.owned.discard(symbol)
+            if owner.retiring and not owner.owned:
+                owner.handed_over.set()
+        self._owners[symbol] = connection
+        connection.owned.add(symbol)
+        if self._is_current(connection):
+            self._set_state(FeedState.LIVE)
+        return True
+
+    async def _report_down(self, connection: _Connection, reason: str) -> None:
+        if not connection.owned:
             return
-        symbols = tuple(sorted(self._symbols_live))
-        self._symbols_live.clear()
+        symbols = tuple(sorted(connection.owned))
+        connection.owned.clear()
+        for symbol in symbols:
+            del self._owners[symbol]
         log.warning("%s: down for %s: %s", self.venue, ", ".join(symbols), reason)
         await self._events.send(VenueDown(self.venue, symbols, reason, time.time_ns()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import trio
 import trio_websocket
@@ -83,25 +84,44 @@ async def test_a_quiet_bitstamp_book_is_not_stale_while_heartbeats_are_answered(
     assert venue.connections_total == 1
 
 
-async def test_binance_server_shutdown_reconnects_at_once(nursery: trio.Nursery) -> None:
+async def events_for(
+    receive: trio.MemoryReceiveChannel[BookEvent], seconds: float
+) -> list[BookEvent]:
+    """Everything the feed sends within `seconds`."""
+    seen: list[BookEvent] = []
+    with trio.move_on_after(seconds):
+        async for event in receive:
+            seen.append(event)
+    return seen
+
+
+async def wait_until(condition: Callable[[], bool]) -> None:
+    while not condition():  # noqa: ASYNC110 - polling counters the venue task owns
+        await trio.sleep(0.01)
+
+
+async def test_binance_server_shutdown_hands_over_without_a_gap(nursery: trio.Nursery) -> None:
     venue = BinanceSimulator(Market(seed=4), seed=4, shutdown_grace=5.0)
     await nursery.start(venue.serve)
     send, receive = trio.open_memory_channel[BookEvent](64)
     slow = Backoff(initial=10.0, maximum=10.0)  # any backoff would show as a 10 s wait
-    feed = Feed(BinanceAdapter(["ETHBTC"], 10), venue.url, send, backoff=slow)
+    feed = Feed(BinanceAdapter(["ETHBTC", "BTCUSDT"], 10), venue.url, send, backoff=slow)
     nursery.start_soon(feed.run)
     with trio.fail_after(5):
         await next_event(receive, VenueBook)
     await venue.request_shutdown()
-    with trio.fail_after(2):  # well before the venue's 5 s grace would close the socket
-        down = await next_event(receive, VenueDown)
-        await next_event(receive, VenueBook)
-    assert isinstance(down, VenueDown)
-    assert "shutdown" in down.reason
+    # Well before the venue's 5 s grace would close it, the old connection is gone and
+    # the new one carries both symbols; the venue never left the book.
+    events = await events_for(receive, 2.0)
     assert venue.connections_total == 2
+    assert venue.connections == 1
+    assert not [e for e in events if isinstance(e, VenueDown)]
+    assert {e.symbol for e in events[-20:] if isinstance(e, VenueBook)} == {"ETHBTC", "BTCUSDT"}
+    assert feed.stats.handovers == 1
+    assert feed.stats.state is FeedState.LIVE
 
 
-async def test_bitstamp_request_reconnect_reconnects_and_resubscribes(
+async def test_bitstamp_request_reconnect_resubscribes_before_dropping_the_old_connection(
     nursery: trio.Nursery,
 ) -> None:
     venue = BitstampSimulator(Market(seed=5), seed=5, reconnect_grace=5.0)
@@ -114,18 +134,35 @@ async def test_bitstamp_request_reconnect_reconnects_and_resubscribes(
         backoff=Backoff(initial=10.0, maximum=10.0),
     )
     nursery.start_soon(feed.run)
-    with trio.fail_after(5):
-        await next_event(receive, VenueBook)
-    subscribed_before = venue.subscribe_requests
-    await venue.request_reconnect()
     seen: set[str] = set()
-    with trio.fail_after(2):
-        await next_event(receive, VenueDown)
-        while seen != {"ETHBTC", "BTCUSDT"}:  # both symbols come back on the new connection
+    with trio.fail_after(5):
+        while seen != {"ETHBTC", "BTCUSDT"}:
             event = await next_event(receive, VenueBook)
             seen.add(event.symbol)  # type: ignore[union-attr]
+    subscribed_before = venue.subscribe_requests
+    await venue.request_reconnect()
+    events = await events_for(receive, 2.0)
     assert venue.connections_total == 2
+    assert venue.connections == 1
     assert venue.subscribe_requests == subscribed_before + 2
+    assert not [e for e in events if isinstance(e, VenueDown)]
+    assert feed.stats.handovers == 1
+
+
+async def test_a_connection_near_its_age_limit_is_replaced_without_a_gap(
+    nursery: trio.Nursery,
+) -> None:
+    venue = BinanceSimulator(Market(seed=7), seed=7)
+    await nursery.start(venue.serve)
+    send, receive = trio.open_memory_channel[BookEvent](64)
+    feed = Feed(BinanceAdapter(["ETHBTC"], 10), venue.url, send, rotate_after=1.0)
+    nursery.start_soon(feed.run)
+    events = await events_for(receive, 2.6)  # rotations at about 1 s and 2 s
+    assert not [e for e in events if isinstance(e, VenueDown)]
+    assert venue.connections_total == 3
+    assert feed.stats.handovers == 2
+    with trio.fail_after(1):
+        await wait_until(lambda: venue.connections == 1)
 
 
 async def test_a_refusing_venue_is_retried_with_growing_delays(nursery: trio.Nursery) -> None:

@@ -186,14 +186,16 @@ def test_change_only_beyond_depth_yields_no_event(wire: Wire) -> None:
     assert binance.handle_message(wire(depth_message(bids, asks)), 2) == []
 
 
-def test_after_reset_an_identical_message_yields_a_book_again(wire: Wire) -> None:
+def test_a_new_connection_yields_a_book_for_an_identical_message_again(wire: Wire) -> None:
     binance = adapter()
     message = wire(depth_message(bid_side(), ask_side()))
     assert len(binance.handle_message(message, 1)) == 1
     assert binance.handle_message(message, 2) == []
 
-    binance.reset()  # a new connection: the aggregator was told the venue went down
-    assert binance.handle_message(message, 3) == [
+    # A new connection: the aggregator may have been told the venue went down.
+    fresh = binance.for_new_connection()
+    assert binance.handle_message(message, 3) == []
+    assert fresh.handle_message(message, 3) == [
         VenueBook("binance", "ETHBTC", as_floats(bid_side(10)), as_floats(ask_side(10)), 3)
     ]
 

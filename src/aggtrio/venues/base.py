@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 import attrs
 import orjson
@@ -20,6 +20,10 @@ from aggtrio.model import PriceLevel, VenueBook
 
 class MalformedMessageError(ValueError):
     """A venue message that cannot be understood; the feed logs and counts it, then moves on."""
+
+
+class CrossedBookError(MalformedMessageError):
+    """A venue's own best bid reaches its best ask: that update is dropped, not merged."""
 
 
 @attrs.frozen(slots=True)
@@ -74,8 +78,16 @@ class VenueAdapter(ABC):
         """The application-level heartbeat to send every `heartbeat_interval` seconds."""
         return None
 
-    def reset(self) -> None:  # noqa: B027 - optional hook, most adapters keep no state
-        """Forget per-connection state; called before each new connection."""
+    # Seconds after which the venue drops a connection (Binance: 24 h); the feed replaces
+    # the connection shortly before, make-before-break. None when there is no such limit.
+    max_connection_age: ClassVar[float | None] = None
+
+    def for_new_connection(self) -> Self:
+        """A fresh adapter with this one's configuration and no per-connection state.
+
+        Each connection gets its own, because two overlap while one hands over to the next.
+        """
+        return type(self)(self.symbols, self.depth)
 
     @abstractmethod
     def handle_message(self, message: str | bytes, recv_ns: int) -> list[AdapterEvent]:
@@ -127,6 +139,6 @@ def parse_side(raw: object, depth: int, *, descending: bool, side: str) -> tuple
 def check_not_crossed(bids: tuple[PriceLevel, ...], asks: tuple[PriceLevel, ...]) -> None:
     """A venue whose own best bid reaches its best ask is sending a broken book."""
     if bids and asks and bids[0][0] >= asks[0][0]:
-        raise MalformedMessageError(
+        raise CrossedBookError(
             f"book is crossed: best bid {bids[0][0]!r} >= best ask {asks[0][0]!r}"
         )

@@ -29,6 +29,7 @@ class BinanceAdapter(VenueAdapter):
     name: ClassVar[str] = "binance"
     default_url: ClassVar[str] = "wss://stream.binance.com:9443"
     default_liveness_timeout: ClassVar[float] = 5.0  # 50 missed 100 ms pushes
+    max_connection_age: ClassVar[float | None] = 24 * 3600.0
 
     def __init__(self, symbols: Sequence[str], depth: int) -> None:
         super().__init__(symbols, depth)
@@ -44,9 +45,6 @@ class BinanceAdapter(VenueAdapter):
 
     def subscribe_messages(self) -> list[str]:
         return []
-
-    def reset(self) -> None:
-        self._last_raw.clear()
 
     def handle_message(self, message: str | bytes, recv_ns: int) -> list[AdapterEvent]:
         envelope = load_json_object(message)
