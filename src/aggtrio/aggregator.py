@@ -34,14 +34,22 @@ class PublishedSummary:
     asks: MergedSide
     spread: float
     arrival_time: int
+    # Venues whose book for this symbol is live (merged), sorted.
+    live_exchanges: tuple[str, ...]
     payload: bytes
 
     def SerializeToString(self) -> bytes:
         return self.payload
 
 
-def encode_summary(bids: MergedSide, asks: MergedSide, spread_value: float, arrival: int) -> bytes:
-    summary = Summary(spread=spread_value, arrival_time=arrival)
+def encode_summary(
+    bids: MergedSide,
+    asks: MergedSide,
+    spread_value: float,
+    arrival: int,
+    live_exchanges: Sequence[str] = (),
+) -> bytes:
+    summary = Summary(spread=spread_value, arrival_time=arrival, live_exchanges=live_exchanges)
     add_bid = summary.bids.add
     for exchange, price, amount in bids:
         add_bid(exchange=exchange, price=price, amount=amount)
@@ -59,7 +67,8 @@ class _SymbolBook:
 
     def __init__(self) -> None:
         self.venues: dict[str, VenueBook] = {}
-        self.published: tuple[MergedSide, MergedSide] | None = None
+        # The merged sides and live venues last published: a change of either is news.
+        self.published: tuple[MergedSide, MergedSide, tuple[str, ...]] | None = None
 
 
 class Aggregator:
@@ -96,15 +105,16 @@ class Aggregator:
                 self._publish_if_changed(symbol, book, event.at_ns)
 
     def _publish_if_changed(self, symbol: str, book: _SymbolBook, arrival: int) -> None:
-        merged = merge_books(book.venues.values(), self.depth)
-        if merged == book.published:
+        bids, asks = merge_books(book.venues.values(), self.depth)
+        live = tuple(sorted(book.venues))
+        published = (bids, asks, live)
+        if published == book.published:
             return
-        book.published = merged
-        bids, asks = merged
+        book.published = published
         spread_value = spread(bids, asks)
-        payload = encode_summary(bids, asks, spread_value, arrival)
+        payload = encode_summary(bids, asks, spread_value, arrival, live)
         self._broadcasts[symbol].publish(
-            PublishedSummary(symbol, bids, asks, spread_value, arrival, payload)
+            PublishedSummary(symbol, bids, asks, spread_value, arrival, live, payload)
         )
         self.summaries_published += 1
 

@@ -237,6 +237,8 @@ class WatchState:
     summary: orderbook_pb2.Summary | None = None
     count: int = 0
     last_received_ns: int | None = None
+    # Every venue this stream has shown live, so one that drops out is shown as down.
+    seen_venues: set[str] = field(default_factory=set)
     rate: RateWindow = field(init=False)
     latency: LatencyWindow = field(init=False)
 
@@ -250,6 +252,7 @@ class WatchState:
         self.last_received_ns = now_ns
         self.rate.record(now_ns)
         self.latency.record(summary.arrival_time, now_ns)
+        self.seen_venues.update(_venues(summary))
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,6 +287,7 @@ def summary_to_json(symbol: str | None, summary: orderbook_pb2.Summary, now_ns: 
             "asks": _levels_json(summary.asks),
             "arrival_time": arrival,
             "latency_ms": latency_ms,
+            "live_exchanges": list(summary.live_exchanges),
         }
     )
 
@@ -428,15 +432,18 @@ def render_header(state: WatchState, now_ns: int, depth: int = BOOK_DEPTH) -> Re
         if age_s >= STALE_AFTER_S:
             stats.append(f"  last update {age_s:.0f} s ago", style="yellow")
     venues = Text()
-    venues.append("venues: ", style="dim")
-    present = _venues(state.summary)
-    if present:
-        for i, name in enumerate(present):
-            if i:
-                venues.append(" ")
-            venues.append_text(exchange_text(name))
-    else:
+    venues.append("live venues: ", style="dim")
+    live = _venues(state.summary)
+    down = sorted(state.seen_venues.difference(live))
+    for i, name in enumerate(live):
+        if i:
+            venues.append(" ")
+        venues.append_text(exchange_text(name))
+    if not live:
         venues.append(EMPTY)
+    if down:
+        venues.append("  down: ", style="dim")
+        venues.append(" ".join(down), style="bold red")
     if state.summary is not None:
         levels = max(len(state.summary.asks), len(state.summary.bids))
         if depth < levels:
@@ -445,8 +452,11 @@ def render_header(state: WatchState, now_ns: int, depth: int = BOOK_DEPTH) -> Re
 
 
 def _venues(summary: orderbook_pb2.Summary | None) -> list[str]:
+    """The venues live for this symbol; from the levels when the server predates that field."""
     if summary is None:
         return []
+    if summary.live_exchanges:
+        return sorted(summary.live_exchanges)
     return sorted({lv.exchange for lv in summary.asks} | {lv.exchange for lv in summary.bids})
 
 

@@ -43,6 +43,7 @@ def test_published_bytes_decode_to_the_merged_book() -> None:
         ("bitstamp", 11.5, 2.0),
     ]
     assert message.spread == 0.5
+    assert list(message.live_exchanges) == ["binance", "bitstamp"]
     # arrival_time is when the message behind this summary was received.
     assert message.arrival_time == 222
 
@@ -53,10 +54,25 @@ def test_publishes_only_when_the_merged_view_changes() -> None:
     assert broadcasts["ETHBTC"].version == 1
     aggregator.apply(vb("binance", 10.0, 11.0, recv_ns=5))  # same book again
     assert broadcasts["ETHBTC"].version == 1
-    aggregator.apply(vb("bitstamp", 9.0, 12.0))  # worse than binance: top-1 unchanged
-    assert broadcasts["ETHBTC"].version == 1
-    aggregator.apply(vb("bitstamp", 10.2, 12.0))  # better bid: changes the top
+    aggregator.apply(vb("bitstamp", 9.0, 12.0))  # worse: top-1 unchanged, but a venue came live
     assert broadcasts["ETHBTC"].version == 2
+    aggregator.apply(vb("bitstamp", 9.1, 12.0))  # still worse than binance: no news
+    assert broadcasts["ETHBTC"].version == 2
+    aggregator.apply(vb("bitstamp", 10.2, 12.0))  # better bid: changes the top
+    assert broadcasts["ETHBTC"].version == 3
+
+
+def test_summaries_name_the_live_venues_even_when_they_are_not_in_the_top() -> None:
+    aggregator, broadcasts = make(depth=1)
+    aggregator.apply(vb("bitstamp", 9.0, 12.0))
+    aggregator.apply(vb("binance", 10.0, 11.0))
+    message = decode(broadcasts["ETHBTC"].latest)  # type: ignore[arg-type]
+    assert {lvl.exchange for lvl in [*message.bids, *message.asks]} == {"binance"}
+    assert list(message.live_exchanges) == ["binance", "bitstamp"]
+    aggregator.apply(VenueDown("binance", ("ETHBTC",), "stale", 7))
+    message = decode(broadcasts["ETHBTC"].latest)  # type: ignore[arg-type]
+    assert list(message.live_exchanges) == ["bitstamp"]
+    assert broadcasts["ETHBTC"].latest.live_exchanges == ("bitstamp",)  # type: ignore[union-attr]
 
 
 def test_venue_down_removes_its_levels_at_once() -> None:
@@ -73,6 +89,7 @@ def test_venue_down_removes_its_levels_at_once() -> None:
     assert list(btc.bids) == []
     assert list(btc.asks) == []
     assert math.isnan(btc.spread)
+    assert list(btc.live_exchanges) == []
     assert aggregator.live_venues("ETHBTC") == ("binance",)
 
 

@@ -31,7 +31,8 @@ def test_schema_keeps_its_published_field_numbers() -> None:
 
     # Existing clients depend on these: never renumber or retype, only add.
     assert (
-        numbers(Summary).items() >= {"spread": 1, "bids": 2, "asks": 3, "arrival_time": 40}.items()
+        numbers(Summary).items()
+        >= {"spread": 1, "bids": 2, "asks": 3, "live_exchanges": 4, "arrival_time": 40}.items()
     )
     assert numbers(Level).items() >= {"exchange": 1, "price": 2, "amount": 3}.items()
     assert numbers(SummaryRequest).items() >= {"symbol": 1}.items()

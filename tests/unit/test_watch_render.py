@@ -44,6 +44,7 @@ def book(
     bids: list[tuple[str, float, float]],
     spread: float | None = None,
     arrival: int = T0,
+    live: tuple[str, ...] = (),
 ) -> Summary:
     if spread is None:
         spread = asks[0][1] - bids[0][1] if asks and bids else math.nan
@@ -52,6 +53,7 @@ def book(
         asks=[Level(exchange=e, price=p, amount=a) for e, p, a in asks],
         bids=[Level(exchange=e, price=p, amount=a) for e, p, a in bids],
         arrival_time=arrival,
+        live_exchanges=live,
     )
 
 
@@ -107,12 +109,21 @@ def test_json_shape_and_values() -> None:
         bids=[("binance", 0.0345, 1.25)],
         spread=0.0001,
         arrival=T0,
+        live=("binance", "bitstamp"),
     )
     line = summary_to_json("ETHBTC", summary, T0 + 2_500_000)
     assert b"\n" not in line
     assert b" " not in line  # compact
     doc = json.loads(line)
-    assert list(doc) == ["symbol", "spread", "bids", "asks", "arrival_time", "latency_ms"]
+    assert list(doc) == [
+        "symbol",
+        "spread",
+        "bids",
+        "asks",
+        "arrival_time",
+        "latency_ms",
+        "live_exchanges",
+    ]
     assert doc == {
         "symbol": "ETHBTC",
         "spread": 0.0001,
@@ -123,6 +134,7 @@ def test_json_shape_and_values() -> None:
         ],
         "arrival_time": T0,
         "latency_ms": 2.5,
+        "live_exchanges": ["binance", "bitstamp"],
     }
 
 
@@ -250,7 +262,21 @@ def test_header_shows_rate_latency_count_and_venues() -> None:
     assert "rate 5.0/s" in text  # 10 in the 2 s since the subscription started
     assert "3.00 ms" in text
     assert "p50 3.00 ms" in text
-    assert "venues: binance kraken" in text
+    # A server that predates live_exchanges: the venues in the levels stand in.
+    assert "live venues: binance kraken" in text
+
+
+def test_header_shows_live_venues_and_the_ones_that_dropped_out() -> None:
+    state = WatchState(symbol="ETHBTC", server="h:1", started_ns=T0)
+    bids = [("binance", 1.0, 1.0)]
+    state.record(book([("binance", 2.0, 1.0)], bids, live=("binance", "bitstamp")), T0)
+    text = to_text(render_view(state, T0))
+    assert "live venues: binance bitstamp" in text
+    assert "down" not in text
+    state.record(book([("binance", 2.0, 1.0)], bids, live=("binance",)), T0 + S)
+    assert "live venues: binance  down: bitstamp" in to_text(render_view(state, T0 + S))
+    state.record(book([], [], live=()), T0 + 2 * S)
+    assert "live venues: —  down: binance bitstamp" in to_text(render_view(state, T0 + 2 * S))
 
 
 def test_header_flags_a_stalled_stream() -> None:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0forderbook.proto\x12\torderbook\"\x07\n\x05\x45mpty\" \n\x0eSummaryRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\"o\n\x07Summary\x12\x0e\n\x06spread\x18\x01 \x01(\x01\x12\x1e\n\x04\x62ids\x18\x02 \x03(\x0b\x32\x10.orderbook.Level\x12\x1e\n\x04\x61sks\x18\x03 \x03(\x0b\x32\x10.orderbook.Level\x12\x14\n\x0c\x61rrival_time\x18( \x01(\x04\"8\n\x05Level\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\x01\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x01\x32\x95\x01\n\x13OrderbookAggregator\x12\x35\n\x0b\x42ookSummary\x12\x10.orderbook.Empty\x1a\x12.orderbook.Summary0\x01\x12G\n\x14\x42ookSummaryForSymbol\x12\x19.orderbook.SummaryRequest\x1a\x12.orderbook.Summary0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0forderbook.proto\x12\torderbook\"\x07\n\x05\x45mpty\" \n\x0eSummaryRequest\x12\x0e\n\x06symbol\x18\x01 \x01(\t\"\x87\x01\n\x07Summary\x12\x0e\n\x06spread\x18\x01 \x01(\x01\x12\x1e\n\x04\x62ids\x18\x02 \x03(\x0b\x32\x10.orderbook.Level\x12\x1e\n\x04\x61sks\x18\x03 \x03(\x0b\x32\x10.orderbook.Level\x12\x16\n\x0elive_exchanges\x18\x04 \x03(\t\x12\x14\n\x0c\x61rrival_time\x18( \x01(\x04\"8\n\x05Level\x12\x10\n\x08\x65xchange\x18\x01 \x01(\t\x12\r\n\x05price\x18\x02 \x01(\x01\x12\x0e\n\x06\x61mount\x18\x03 \x01(\x01\x32\x95\x01\n\x13OrderbookAggregator\x12\x35\n\x0b\x42ookSummary\x12\x10.orderbook.Empty\x1a\x12.orderbook.Summary0\x01\x12G\n\x14\x42ookSummaryForSymbol\x12\x19.orderbook.SummaryRequest\x1a\x12.orderbook.Summary0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,10 +36,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMPTY']._serialized_end=37
   _globals['_SUMMARYREQUEST']._serialized_start=39
   _globals['_SUMMARYREQUEST']._serialized_end=71
-  _globals['_SUMMARY']._serialized_start=73
-  _globals['_SUMMARY']._serialized_end=184
-  _globals['_LEVEL']._serialized_start=186
-  _globals['_LEVEL']._serialized_end=242
-  _globals['_ORDERBOOKAGGREGATOR']._serialized_start=245
-  _globals['_ORDERBOOKAGGREGATOR']._serialized_end=394
+  _globals['_SUMMARY']._serialized_start=74
+  _globals['_SUMMARY']._serialized_end=209
+  _globals['_LEVEL']._serialized_start=211
+  _globals['_LEVEL']._serialized_end=267
+  _globals['_ORDERBOOKAGGREGATOR']._serialized_start=270
+  _globals['_ORDERBOOKAGGREGATOR']._serialized_end=419
 # @@protoc_insertion_point(module_scope)

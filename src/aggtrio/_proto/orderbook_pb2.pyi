@@ -18,16 +18,18 @@ class SummaryRequest(_message.Message):
     def __init__(self, symbol: _Optional[str] = ...) -> None: ...
 
 class Summary(_message.Message):
-    __slots__ = ("spread", "bids", "asks", "arrival_time")
+    __slots__ = ("spread", "bids", "asks", "live_exchanges", "arrival_time")
     SPREAD_FIELD_NUMBER: _ClassVar[int]
     BIDS_FIELD_NUMBER: _ClassVar[int]
     ASKS_FIELD_NUMBER: _ClassVar[int]
+    LIVE_EXCHANGES_FIELD_NUMBER: _ClassVar[int]
     ARRIVAL_TIME_FIELD_NUMBER: _ClassVar[int]
     spread: float
     bids: _containers.RepeatedCompositeFieldContainer[Level]
     asks: _containers.RepeatedCompositeFieldContainer[Level]
+    live_exchanges: _containers.RepeatedScalarFieldContainer[str]
     arrival_time: int
-    def __init__(self, spread: _Optional[float] = ..., bids: _Optional[_Iterable[_Union[Level, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[Level, _Mapping]]] = ..., arrival_time: _Optional[int] = ...) -> None: ...
+    def __init__(self, spread: _Optional[float] = ..., bids: _Optional[_Iterable[_Union[Level, _Mapping]]] = ..., asks: _Optional[_Iterable[_Union[Level, _Mapping]]] = ..., live_exchanges: _Optional[_Iterable[str]] = ..., arrival_time: _Optional[int] = ...) -> None: ...
 
 class Level(_message.Message):
     __slots__ = ("exchange", "price", "amount")
