@@ -37,7 +37,7 @@ from aggtrio.venues.base import (
 log = logging.getLogger(__name__)
 
 # A queue of a few messages keeps trio-websocket's reader (and so its ping replies) running
-# while we hand a message on, and sidesteps its close-with-unread-messages bug (STACK.md).
+# while we hand a message on.
 MESSAGE_QUEUE_SIZE = 16
 MAX_MESSAGE_SIZE = 4 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
@@ -170,8 +170,10 @@ def _why_connection_ended(exc: BaseException) -> str | None:
         return f"connection failed: {exc or type(exc).__name__}"
     if isinstance(exc, trio.Cancelled):
         if trio.current_effective_deadline() != -float("inf"):
-            # trio-websocket can leak a Cancelled that is not ours when a close races a
-            # pending ping (STACK.md); swallowing only that one keeps the loop alive.
+            # trio-websocket #184: closing into a ping leaks a Cancelled that is not ours
+            # when the session ended without an exception. Ours always ends by raising,
+            # which open_websocket keeps instead; this is the second line of defence.
+            # tests/integration/test_websocket_close_bug.py reproduces it.
             return "connection aborted by trio-websocket"
         return None
     if isinstance(exc, Exception):
