@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -38,6 +39,9 @@ from aggtrio.symbols import InvalidSymbolError, normalize_symbol
 
 log = logging.getLogger(__name__)
 
+# Seconds between two log lines about refused streams (the ones in between are counted).
+REFUSAL_LOG_INTERVAL = 10.0
+
 # What a vanished client looks like from the server side; none of it is worth a warning.
 _DISCONNECTS: tuple[type[BaseException], ...] = (
     anyio.BrokenResourceError,
@@ -53,13 +57,31 @@ _CLIENT_PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (h2.exceptions.H2Erro
 
 
 class OrderbookService(OrderbookAggregatorServicer):
-    """Streams each symbol's merged book: the latest summary at once, then every change."""
+    """Streams each symbol's merged book: the latest summary at once, then every change.
+
+    At most `max_streams` streams run at once, over both RPCs and all symbols: each costs
+    the server a task and a share of every publish, so the limit bounds both memory and
+    fan-out time. Beyond it a stream ends at once with RESOURCE_EXHAUSTED.
+    """
 
     def __init__(
-        self, broadcasts: Mapping[str, Broadcast[PublishedSummary]], default_symbol: str
+        self,
+        broadcasts: Mapping[str, Broadcast[PublishedSummary]],
+        default_symbol: str,
+        *,
+        max_streams: int = 1000,
     ) -> None:
         self._broadcasts = broadcasts
         self._default_symbol = default_symbol
+        self._max_streams = max_streams
+        self._open_streams = 0
+        self._refused = 0
+        self._next_refusal_log = -math.inf
+
+    @property
+    def open_streams(self) -> int:
+        """Client streams running now (a slot is taken until the handler has ended)."""
+        return self._open_streams
 
     # The generated base declares coroutines; purerpc streams whatever async generator we return.
     async def BookSummary(  # type: ignore[override]
@@ -82,15 +104,52 @@ class OrderbookService(OrderbookAggregatorServicer):
             yield summary
 
     async def _stream(self, symbol: str) -> AsyncIterator[PublishedSummary]:
+        if self._open_streams >= self._max_streams:
+            raise self._refuse()
         broadcast = self._broadcasts[symbol]
-        seen = 0
-        with broadcast.subscription():
-            while True:
-                try:
-                    seen, summary = await broadcast.next_after(seen)
-                except BroadcastClosedError:
-                    raise purerpc.UnavailableError("server is shutting down") from None
-                yield summary
+        self._open_streams += 1
+        started = trio.current_time()
+        sent = 0
+        # One line per stream start and end: who is subscribed is worth seeing at INFO, and
+        # the running count shows how close the server is to --max-subscribers.
+        log.info("stream opened: %s, %d open", symbol, self._open_streams)
+        try:
+            seen = 0
+            with broadcast.subscription():
+                while True:
+                    try:
+                        seen, summary = await broadcast.next_after(seen)
+                    except BroadcastClosedError:
+                        raise purerpc.UnavailableError("server is shutting down") from None
+                    sent += 1
+                    yield summary
+        finally:
+            self._open_streams -= 1
+            log.info(
+                "stream closed: %s after %.1f s and %d messages, %d open",
+                symbol,
+                trio.current_time() - started,
+                sent,
+                self._open_streams,
+            )
+
+    def _refuse(self) -> purerpc.ResourceExhaustedError:
+        # A client retrying in a loop must not flood the log: one line per interval at most.
+        self._refused += 1
+        now = trio.current_time()
+        if now >= self._next_refusal_log:
+            log.warning(
+                "refused %d stream(s): all %d slots are taken (raise --max-subscribers)",
+                self._refused,
+                self._max_streams,
+            )
+            self._refused = 0
+            self._next_refusal_log = now + REFUSAL_LOG_INTERVAL
+        return purerpc.ResourceExhaustedError(
+            f"the server is at its limit of {self._max_streams} concurrent streams; "
+            "retry later, or have its operator raise the limit with --max-subscribers "
+            "(environment variable AGGTRIO_MAX_SUBSCRIBERS)"
+        )
 
 
 def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import grpc
+import pytest
 import trio
 
-from aggtrio._proto.orderbook_pb2 import Summary, SummaryRequest
+from aggtrio._proto.orderbook_pb2 import Empty, Summary, SummaryRequest
+from aggtrio.aggregator import PublishedSummary
 from aggtrio.app import RunningService, run_service
+from aggtrio.broadcast import Broadcast
 from aggtrio.config import ServeConfig
 from aggtrio.feed import FeedState
 from aggtrio.simulator import SimulatedVenue
 
 
-async def start(nursery: trio.Nursery, sims: dict[str, SimulatedVenue]) -> RunningService:
+async def start(
+    nursery: trio.Nursery, sims: dict[str, SimulatedVenue], **options: Any
+) -> RunningService:
+    options.setdefault("symbols", ("ETHBTC",))
     config = ServeConfig(
-        port=0,
-        symbols=("ETHBTC",),
-        venue_urls={name: sim.url for name, sim in sims.items()},
+        port=0, venue_urls={name: sim.url for name, sim in sims.items()}, **options
     )
     service: RunningService = await nursery.start(functools.partial(run_service, config))
     return service
@@ -61,3 +66,52 @@ async def test_feeds_report_live_and_count_messages(
     assert all(feed.stats.messages > 0 for feed in service.feeds)
     assert all(feed.stats.malformed == 0 for feed in service.feeds)
     assert service.aggregator.live_venues("ETHBTC") == ("binance", "bitstamp")
+
+
+async def idle_within(broadcast: Broadcast[PublishedSummary], seconds: float) -> None:
+    with trio.fail_after(seconds):
+        await broadcast.wait_idle()
+
+
+def book_summary_for_symbol(channel: grpc.Channel) -> Any:
+    return channel.unary_stream(
+        "/orderbook.OrderbookAggregator/BookSummaryForSymbol",
+        request_serializer=SummaryRequest.SerializeToString,
+        response_deserializer=Summary.FromString,
+    )
+
+
+def book_summary(channel: grpc.Channel) -> Any:
+    return channel.unary_stream(
+        "/orderbook.OrderbookAggregator/BookSummary",
+        request_serializer=Empty.SerializeToString,
+        response_deserializer=Summary.FromString,
+    )
+
+
+async def test_streams_beyond_the_limit_are_refused_until_a_slot_frees(
+    nursery: trio.Nursery, simulators: dict[str, SimulatedVenue]
+) -> None:
+    service = await start(nursery, simulators, symbols=("ETHBTC", "BTCUSDT"), max_subscribers=2)
+    token = trio.lowlevel.current_trio_token()
+
+    def scenario() -> None:
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            # The limit counts streams of both RPCs and every symbol together.
+            btcusdt = book_summary_for_symbol(channel)(SummaryRequest(symbol="BTCUSDT"), timeout=10)
+            next(btcusdt)
+            default = book_summary(channel)(Empty(), timeout=10)
+            next(default)
+            with pytest.raises(grpc.RpcError) as refused:
+                next(book_summary_for_symbol(channel)(SummaryRequest(symbol="ETHBTC"), timeout=10))
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "limit of 2 concurrent streams" in refused.value.details()
+            assert "--max-subscribers" in refused.value.details()
+
+            btcusdt.cancel()
+            trio.from_thread.run(idle_within, service.broadcasts["BTCUSDT"], 2.0, trio_token=token)
+            assert service.service.open_streams == 1
+            # The freed slot is usable at once.
+            next(book_summary_for_symbol(channel)(SummaryRequest(symbol="ETHBTC"), timeout=10))
+
+    await trio.to_thread.run_sync(scenario)

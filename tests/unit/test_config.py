@@ -13,6 +13,7 @@ from aggtrio.config import (
     ServeConfig,
     parse_depth,
     parse_log_level,
+    parse_max_subscribers,
     parse_port,
     parse_symbols,
     parse_venue_url,
@@ -151,6 +152,18 @@ def test_unknown_log_level_is_rejected_naming_the_known_ones(text: str) -> None:
     assert "DEBUG" in one_line(info)
 
 
+@pytest.mark.parametrize(("text", "limit"), [("1", 1), ("1000", 1000), (" 50000 ", 50000)])
+def test_max_subscribers_of_at_least_one_is_accepted(text: str, limit: int) -> None:
+    assert parse_max_subscribers(text) == limit
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "many", "", "2.5"])
+def test_max_subscribers_below_one_or_not_a_whole_number_is_rejected(text: str) -> None:
+    with pytest.raises(ConfigError, match="subscriber limit") as info:
+        parse_max_subscribers(text)
+    assert text.strip() in one_line(info)
+
+
 def test_bad_symbol_is_a_config_error() -> None:
     assert parse_symbols("eth/btc,BTC-USDT") == ("ETHBTC", "BTCUSDT")
     with pytest.raises(ConfigError) as info:
@@ -189,6 +202,7 @@ def test_defaults() -> None:
     assert config.default_symbol == "ETHBTC"
     assert config.venues == ("binance", "bitstamp")
     assert config.depth == 10
+    assert config.max_subscribers == 1000
 
 
 # --- flags and environment --------------------------------------------------------------------
@@ -214,6 +228,14 @@ def test_environment_fills_in_missing_flags_and_flags_win(clean_env: pytest.Monk
     assert config.symbols == ("BTCUSDT",)
     assert config.depth == 5
     assert config.base_url("bitstamp") == "ws://127.0.0.1:9002"
+
+
+def test_max_subscribers_from_flag_environment_or_default(clean_env: pytest.MonkeyPatch) -> None:
+    parse = build_parser().parse_args
+    assert serve_config_from_args(parse(["serve"])).max_subscribers == 1000
+    clean_env.setenv("AGGTRIO_MAX_SUBSCRIBERS", "20")
+    assert serve_config_from_args(parse(["serve"])).max_subscribers == 20
+    assert serve_config_from_args(parse(["serve", "--max-subscribers", "3"])).max_subscribers == 3
 
 
 def test_bad_environment_value_names_the_variable(clean_env: pytest.MonkeyPatch) -> None:
