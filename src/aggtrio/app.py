@@ -59,7 +59,10 @@ async def run_service(
         for venue in config.venues
     ]
     service = OrderbookService(
-        broadcasts, config.default_symbol, max_streams=config.max_subscribers
+        broadcasts,
+        config.default_symbol,
+        max_streams=config.max_subscribers,
+        resend_interval=config.resend_interval,
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(aggregator.run, receive)

@@ -92,6 +92,13 @@ def serve_config_from_args(args: argparse.Namespace) -> ServeConfig:
             defaults.max_subscribers,
             "AGGTRIO_MAX_SUBSCRIBERS",
         ),
+        resend_interval=_option(
+            args,
+            "resend_interval",
+            parse_seconds,
+            defaults.resend_interval,
+            "AGGTRIO_RESEND_INTERVAL",
+        ),
     )
 
 
@@ -118,6 +125,11 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         "--max-subscribers",
         help="client streams served at once, over all symbols; more are refused with "
         "RESOURCE_EXHAUSTED (default 1000)",
+    )
+    parser.add_argument(
+        "--resend-interval",
+        help="seconds without a change after which a client is sent the latest summary "
+        "again (default 1.0)",
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
 

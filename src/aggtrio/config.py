@@ -43,6 +43,8 @@ class ServeConfig:
     # Client streams the process serves at once (both RPCs, all symbols); more are refused
     # with RESOURCE_EXHAUSTED.
     max_subscribers: int = 1000
+    # Seconds without a change after which a subscriber is sent the latest summary again.
+    resend_interval: float = 1.0
 
     @property
     def default_symbol(self) -> str:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 import anyio
@@ -57,7 +58,14 @@ _CLIENT_PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (h2.exceptions.H2Erro
 
 
 class OrderbookService(OrderbookAggregatorServicer):
-    """Streams each symbol's merged book: the latest summary at once, then every change.
+    """Streams each symbol's merged book: the latest summary at once, then every change, and
+    the latest again whenever `resend_interval` seconds pass without one.
+
+    The resend is what finds dead streams on a quiet symbol: purerpc notices a client that
+    cancelled or vanished only when it next writes to that stream (STACK.md), so without
+    writes such a stream would hold its slot forever. It is the same shared object, bytes
+    and `arrival_time` included, so it costs no encoding; clients tell it from a change by
+    the unchanged `arrival_time`, and can treat silence beyond the interval as a dead server.
 
     At most `max_streams` streams run at once, over both RPCs and all symbols: each costs
     the server a task and a share of every publish, so the limit bounds both memory and
@@ -70,10 +78,12 @@ class OrderbookService(OrderbookAggregatorServicer):
         default_symbol: str,
         *,
         max_streams: int = 1000,
+        resend_interval: float = 1.0,
     ) -> None:
         self._broadcasts = broadcasts
         self._default_symbol = default_symbol
         self._max_streams = max_streams
+        self._resend_interval = resend_interval
         self._open_streams = 0
         self._refused = 0
         self._next_refusal_log = -math.inf
@@ -87,8 +97,11 @@ class OrderbookService(OrderbookAggregatorServicer):
     async def BookSummary(  # type: ignore[override]
         self, message: Empty
     ) -> AsyncIterator[PublishedSummary]:
-        async for summary in self._stream(self._default_symbol):
-            yield summary
+        # aclosing: when purerpc closes this generator, the inner one must end (and free its
+        # slot) now, not whenever the garbage collector finalizes it.
+        async with aclosing(self._stream(self._default_symbol)) as summaries:
+            async for summary in summaries:
+                yield summary
 
     async def BookSummaryForSymbol(  # type: ignore[override]
         self, message: SummaryRequest
@@ -100,10 +113,11 @@ class OrderbookService(OrderbookAggregatorServicer):
         if symbol not in self._broadcasts:
             served = ", ".join(self._broadcasts)
             raise purerpc.NotFoundError(f"symbol {symbol!r} is not served; served: {served}")
-        async for summary in self._stream(symbol):
-            yield summary
+        async with aclosing(self._stream(symbol)) as summaries:
+            async for summary in summaries:
+                yield summary
 
-    async def _stream(self, symbol: str) -> AsyncIterator[PublishedSummary]:
+    async def _stream(self, symbol: str) -> AsyncGenerator[PublishedSummary, None]:
         if self._open_streams >= self._max_streams:
             raise self._refuse()
         broadcast = self._broadcasts[symbol]
@@ -115,14 +129,20 @@ class OrderbookService(OrderbookAggregatorServicer):
         log.info("stream opened: %s, %d open", symbol, self._open_streams)
         try:
             seen = 0
+            summary: PublishedSummary | None = None
             with broadcast.subscription():
                 while True:
-                    try:
-                        seen, summary = await broadcast.next_after(seen)
-                    except BroadcastClosedError:
-                        raise purerpc.UnavailableError("server is shutting down") from None
-                    sent += 1
-                    yield summary
+                    # A timeout leaves `summary` as the one last sent, which is then the
+                    # latest: sending it again is the resend. (No yield inside the scope:
+                    # a cancel scope must not span a generator's suspension.)
+                    with trio.move_on_after(self._resend_interval):
+                        try:
+                            seen, summary = await broadcast.next_after(seen)
+                        except BroadcastClosedError:
+                            raise purerpc.UnavailableError("server is shutting down") from None
+                    if summary is not None:
+                        sent += 1
+                        yield summary
         finally:
             self._open_streams -= 1
             log.info(

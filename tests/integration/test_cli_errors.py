@@ -48,6 +48,14 @@ BAD_VALUES: dict[str, Case] = {
         env={"AGGTRIO_MAX_SUBSCRIBERS": "lots"},
         mentions=("AGGTRIO_MAX_SUBSCRIBERS", "lots"),
     ),
+    "resend interval zero": Case(
+        ("serve", "--resend-interval", "0"), mentions=("--resend-interval", "0", "out of range")
+    ),
+    "bad resend interval in env": Case(
+        ("serve",),
+        env={"AGGTRIO_RESEND_INTERVAL": "soon"},
+        mentions=("AGGTRIO_RESEND_INTERVAL", "soon"),
+    ),
     "bad watch server": Case(("watch", "--server", "nonsense"), mentions=("nonsense",)),
     "unknown simulated venue": Case(
         ("simulate", "--venue", "kraken=9001"), mentions=("--venue", "kraken", "binance")
@@ -142,6 +150,7 @@ def test_serve_help_mentions_every_flag(results: dict[str, Result]) -> None:
         "--venue-url",
         "--depth",
         "--max-subscribers",
+        "--resend-interval",
         "--log-level",
     ):
         assert flag in result.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any
 
 import grpc
@@ -115,3 +116,44 @@ async def test_streams_beyond_the_limit_are_refused_until_a_slot_frees(
             next(book_summary_for_symbol(channel)(SummaryRequest(symbol="ETHBTC"), timeout=10))
 
     await trio.to_thread.run_sync(scenario)
+
+
+def venues_in(summary: Summary) -> set[str]:
+    return {level.exchange for level in [*summary.bids, *summary.asks]}
+
+
+async def test_a_stream_cancelled_on_a_quiet_symbol_ends_within_the_resend_interval(
+    nursery: trio.Nursery, simulators: dict[str, SimulatedVenue]
+) -> None:
+    interval = 0.5
+    service = await start(
+        nursery, simulators, symbols=("ETHBTC", "BTCUSDT"), resend_interval=interval
+    )
+    for sim in simulators.values():
+        sim.freeze()  # after their first snapshots, the books never change
+    token = trio.lowlevel.current_trio_token()
+
+    def scenario() -> tuple[float, list[Summary]]:
+        # One channel: both calls share one HTTP/2 connection, which stays open throughout.
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            kept = book_summary(channel)(Empty(), timeout=20)
+            cancelled = book_summary_for_symbol(channel)(
+                SummaryRequest(symbol="BTCUSDT"), timeout=20
+            )
+            # Once both venues are in, nothing will change: the only writes are resends.
+            while venues_in(next(cancelled)) != {"binance", "bitstamp"}:
+                pass
+            cancelled.cancel()  # RST_STREAM, which purerpc itself ignores
+            started = time.monotonic()
+            trio.from_thread.run(idle_within, service.broadcasts["BTCUSDT"], 2.0, trio_token=token)
+            elapsed = time.monotonic() - started
+            still_open = trio.from_thread.run_sync(
+                lambda: service.service.open_streams, trio_token=token
+            )
+            assert still_open == 1
+            return elapsed, [next(kept) for _ in range(4)]
+
+    elapsed, kept = await trio.to_thread.run_sync(scenario)
+    assert elapsed < 2 * interval
+    # The stream that stayed is alive and, its book quiet too, gets the same summary again.
+    assert kept[-1].SerializeToString() == kept[-2].SerializeToString()
