@@ -1,8 +1,10 @@
 """The gRPC service (purerpc on trio): one broadcast subscriber per client stream.
 
 purerpc's own `Server` cannot bind a host, logs WARNINGs for ordinary client disconnects and
-answers unexpected errors with their repr (STACK.md). So we open the listener ourselves and
-run our own connection handler over purerpc's protocol classes; purerpc is pinned for that.
+answers unexpected errors with their repr (STACK.md); its protocol layer also ignores a
+client's RST_STREAM. So we open the listener ourselves and run our own connection handler
+over purerpc's protocol classes, which also ends a call when its client cancels it; purerpc
+is pinned for that.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import h2.events
 import h2.exceptions
 import purerpc
 import trio
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
+from purerpc.grpc_socket import GRPCStreamState
 from purerpc.grpclib.connection import GRPCConfiguration
 from purerpc.grpclib.events import RequestReceived
 from purerpc.grpclib.exceptions import GRPCError, RpcFailedError
@@ -61,11 +65,13 @@ class OrderbookService(OrderbookAggregatorServicer):
     """Streams each symbol's merged book: the latest summary at once, then every change, and
     the latest again whenever `resend_interval` seconds pass without one.
 
-    The resend is what finds dead streams on a quiet symbol: purerpc notices a client that
-    cancelled or vanished only when it next writes to that stream (STACK.md), so without
-    writes such a stream would hold its slot forever. It is the same shared object, bytes
-    and `arrival_time` included, so it costs no encoding; clients tell it from a change by
-    the unchanged `arrival_time`, and can treat silence beyond the interval as a dead server.
+    The resend lets clients treat silence beyond the interval as a dead connection, and is
+    the backstop for dead streams on a quiet symbol: purerpc sees that a stream is gone only
+    when it writes to it (STACK.md). ConnectionHandler ends calls on RST_STREAM and on a
+    closed connection itself; without writes, anything that slips past it (a reset read in
+    the same batch as the request, before the call was running) would hold its slot
+    forever. It is the same shared object, bytes and `arrival_time` included, so it costs
+    no encoding; clients tell it from a change by the unchanged `arrival_time`.
 
     At most `max_streams` streams run at once, over both RPCs and all symbols: each costs
     the server a task and a share of every publish, so the limit bounds both memory and
@@ -187,13 +193,16 @@ class ConnectionHandler:
         self._config = GRPCConfiguration(client_side=False)
 
     async def __call__(self, stream: anyio.abc.SocketStream) -> None:
+        # Each running call's cancel scope, by HTTP/2 stream id, for RST_STREAM to cancel.
+        running: dict[int, trio.CancelScope] = {}
         try:
             async with (
                 GRPCProtoSocket(self._config, stream) as grpc_socket,
                 anyio.create_task_group() as calls,
             ):
+                _cancel_calls_on_reset(grpc_socket, running)
                 async for call in grpc_socket.listen():
-                    calls.start_soon(self._serve_call, call)
+                    calls.start_soon(self._serve_call, grpc_socket, call, running)
                 # The client closed the connection: none of its calls can be answered,
                 # so end them now rather than at their next write.
                 calls.cancel_scope.cancel()
@@ -209,7 +218,24 @@ class ConnectionHandler:
         finally:
             await stream.aclose()
 
-    async def _serve_call(self, stream: GRPCProtoStream) -> None:
+    async def _serve_call(
+        self,
+        grpc_socket: GRPCProtoSocket,
+        stream: GRPCProtoStream,
+        running: dict[int, trio.CancelScope],
+    ) -> None:
+        stream_id: int = stream.stream_id
+        with trio.CancelScope() as scope:
+            running[stream_id] = scope
+            try:
+                await self._run_call(stream)
+            finally:
+                del running[stream_id]
+        if scope.cancelled_caught:
+            log.debug("client cancelled stream %d", stream_id)
+        _forget_stream(grpc_socket, stream, reset=scope.cancelled_caught)
+
+    async def _run_call(self, stream: GRPCProtoStream) -> None:
         method = "?"
         try:
             await stream.start_response()
@@ -239,6 +265,38 @@ class ConnectionHandler:
                 await _close_quietly(stream, Status(StatusCode.INTERNAL, "internal server error"))
             else:
                 raise
+
+
+def _cancel_calls_on_reset(
+    grpc_socket: GRPCProtoSocket, running: Mapping[int, trio.CancelScope]
+) -> None:
+    """End a call as soon as its client resets the stream (RST_STREAM: how grpcio cancels).
+
+    purerpc 0.8 drops the reset, so the call would run until its next write failed; and a
+    call blocked on a full flow-control window (a client that stopped reading, then
+    cancelled) never writes again, so it would hold its slot until the connection closed.
+    """
+
+    def stream_reset(event: h2.events.StreamReset) -> list[Any]:
+        scope = running.get(event.stream_id)
+        if scope is not None:
+            scope.cancel()
+        return []  # like purerpc's own handler: no gRPC-level event
+
+    grpc_socket._grpc_connection._stream_reset = stream_reset
+
+
+def _forget_stream(grpc_socket: GRPCProtoSocket, stream: GRPCProtoStream, *, reset: bool) -> None:
+    """Drop a finished call's stream from purerpc's table of the connection's streams.
+
+    purerpc drops it only once both sides have closed it normally. A call that ended because
+    its client reset it or stopped listening mid-response never closes its side, so on a
+    long-lived connection whose client subscribes and cancels again and again the table
+    would grow until the connection closed. No event can follow for such a stream: its
+    request has ended (half-closed remote), or h2 reports nothing more after a reset.
+    """
+    if reset or stream.state is GRPCStreamState.HALF_CLOSED_REMOTE:
+        grpc_socket._streams.pop(stream.stream_id, None)
 
 
 async def _close_quietly(stream: GRPCProtoStream, status: Status) -> None:

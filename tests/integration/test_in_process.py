@@ -10,6 +10,7 @@ import grpc
 import pytest
 import trio
 
+from aggtrio import server
 from aggtrio._proto.orderbook_pb2 import Empty, Summary, SummaryRequest
 from aggtrio.aggregator import PublishedSummary
 from aggtrio.app import RunningService, run_service
@@ -157,3 +158,70 @@ async def test_a_stream_cancelled_on_a_quiet_symbol_ends_within_the_resend_inter
     assert elapsed < 2 * interval
     # The stream that stayed is alive and, its book quiet too, gets the same summary again.
     assert kept[-1].SerializeToString() == kept[-2].SerializeToString()
+
+
+# A client that stops reading, with windows small enough to fill within a few summaries
+# (grpcio's defaults and BDP probing would take many seconds at the simulators' rate).
+SMALL_WINDOWS = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 4096)]
+
+
+async def test_a_stream_cancelled_with_a_full_window_ends_at_once(
+    nursery: trio.Nursery, simulators: dict[str, SimulatedVenue]
+) -> None:
+    # No resend to help: the call is stuck waiting for window, so it would never write again.
+    service = await start(
+        nursery, simulators, symbols=("ETHBTC", "BTCUSDT"), resend_interval=3600.0
+    )
+    token = trio.lowlevel.current_trio_token()
+
+    def scenario() -> float:
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}", options=SMALL_WINDOWS) as channel:
+            stalled = book_summary_for_symbol(channel)(SummaryRequest(symbol="BTCUSDT"), timeout=30)
+            stalled.initial_metadata()  # the call is running; it is never read
+            kept = book_summary_for_symbol(channel)(SummaryRequest(symbol="BTCUSDT"), timeout=30)
+            # 40 changes of ~600 bytes: far more than the stalled call's 4 KiB window.
+            for _ in range(40):
+                next(kept)
+            stalled.cancel()
+            started = time.monotonic()
+            trio.from_thread.run(wait_for_subscribers, service, "BTCUSDT", 1, trio_token=token)
+            return time.monotonic() - started
+
+    assert await trio.to_thread.run_sync(scenario) < 1.0
+
+
+async def wait_for_subscribers(service: RunningService, symbol: str, count: int) -> None:
+    with trio.fail_after(5):
+        while service.broadcasts[symbol].subscribers != count:  # noqa: ASYNC110 - no event for it
+            await trio.sleep(0.01)
+
+
+async def test_cancelled_calls_leave_nothing_behind_on_a_long_lived_connection(
+    nursery: trio.Nursery, simulators: dict[str, SimulatedVenue], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sockets: list[server.GRPCProtoSocket] = []
+
+    class RecordingSocket(server.GRPCProtoSocket):  # type: ignore[misc]
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            sockets.append(self)
+
+    monkeypatch.setattr(server, "GRPCProtoSocket", RecordingSocket)
+    service = await start(nursery, simulators, symbols=("ETHBTC", "BTCUSDT"))
+    token = trio.lowlevel.current_trio_token()
+
+    def scenario() -> int:
+        with grpc.insecure_channel(f"127.0.0.1:{service.port}") as channel:
+            kept = book_summary(channel)(Empty(), timeout=30)
+            next(kept)
+            for _ in range(20):
+                call = book_summary_for_symbol(channel)(SummaryRequest(symbol="BTCUSDT"))
+                next(call)
+                call.cancel()
+                trio.from_thread.run(
+                    idle_within, service.broadcasts["BTCUSDT"], 2.0, trio_token=token
+                )
+            return trio.from_thread.run_sync(lambda: len(sockets[0]._streams), trio_token=token)
+
+    # purerpc's table of the connection's streams holds the running call only.
+    assert await trio.to_thread.run_sync(scenario) == 1
