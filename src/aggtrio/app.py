@@ -31,6 +31,7 @@ class RunningService:
     feeds: list[Feed]
     aggregator: Aggregator
     broadcasts: dict[str, Broadcast[PublishedSummary]]
+    service: OrderbookService
 
     async def close_streams(self, grace: float) -> None:
         """End every client stream with UNAVAILABLE, waiting up to `grace` s for them to go."""
@@ -57,7 +58,12 @@ async def run_service(
         )
         for venue in config.venues
     ]
-    service = OrderbookService(broadcasts, config.default_symbol)
+    service = OrderbookService(
+        broadcasts,
+        config.default_symbol,
+        max_streams=config.max_subscribers,
+        resend_interval=config.resend_interval,
+    )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(aggregator.run, receive)
         port = await nursery.start(serve_grpc, service, config.host, config.port)
@@ -71,4 +77,4 @@ async def run_service(
         )
         for feed in feeds:
             nursery.start_soon(feed.run, name=f"feed-{feed.venue}")
-        task_status.started(RunningService(config, port, feeds, aggregator, broadcasts))
+        task_status.started(RunningService(config, port, feeds, aggregator, broadcasts, service))

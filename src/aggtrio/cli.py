@@ -23,6 +23,7 @@ from aggtrio.config import (
     configure_logging,
     parse_depth,
     parse_log_level,
+    parse_max_subscribers,
     parse_port,
     parse_seconds,
     parse_symbols,
@@ -84,6 +85,20 @@ def serve_config_from_args(args: argparse.Namespace) -> ServeConfig:
         liveness_timeout=_option(
             args, "liveness_timeout", parse_seconds, None, "AGGTRIO_LIVENESS_TIMEOUT"
         ),
+        max_subscribers=_option(
+            args,
+            "max_subscribers",
+            parse_max_subscribers,
+            defaults.max_subscribers,
+            "AGGTRIO_MAX_SUBSCRIBERS",
+        ),
+        resend_interval=_option(
+            args,
+            "resend_interval",
+            parse_seconds,
+            defaults.resend_interval,
+            "AGGTRIO_RESEND_INTERVAL",
+        ),
     )
 
 
@@ -105,6 +120,16 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         "--liveness-timeout",
         help="seconds without any venue message before a connection is stale "
         "(default: per venue, binance 5, bitstamp 15)",
+    )
+    parser.add_argument(
+        "--max-subscribers",
+        help="client streams served at once, over all symbols; more are refused with "
+        "RESOURCE_EXHAUSTED (default 1000)",
+    )
+    parser.add_argument(
+        "--resend-interval",
+        help="seconds without a change after which a client is sent the latest summary "
+        "again (default 1.0)",
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
 

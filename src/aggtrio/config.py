@@ -40,6 +40,11 @@ class ServeConfig:
     # Seconds without any message before a venue connection counts as stale; None means
     # each venue's own default.
     liveness_timeout: float | None = None
+    # Client streams the process serves at once (both RPCs, all symbols); more are refused
+    # with RESOURCE_EXHAUSTED.
+    max_subscribers: int = 1000
+    # Seconds without a change after which a subscriber is sent the latest summary again.
+    resend_interval: float = 1.0
 
     @property
     def default_symbol(self) -> str:
@@ -117,6 +122,16 @@ def parse_depth(text: str) -> int:
     if not 1 <= depth <= MAX_DEPTH:
         raise ConfigError(f"depth {depth} is out of range 1-{MAX_DEPTH}")
     return depth
+
+
+def parse_max_subscribers(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        raise ConfigError(f"subscriber limit {text!r} is not a whole number") from None
+    if limit < 1:
+        raise ConfigError(f"subscriber limit {limit} must be at least 1")
+    return limit
 
 
 def parse_log_level(text: str) -> str:

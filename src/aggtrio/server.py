@@ -1,23 +1,29 @@
 """The gRPC service (purerpc on trio): one broadcast subscriber per client stream.
 
 purerpc's own `Server` cannot bind a host, logs WARNINGs for ordinary client disconnects and
-answers unexpected errors with their repr (STACK.md). So we open the listener ourselves and
-run our own connection handler over purerpc's protocol classes; purerpc is pinned for that.
+answers unexpected errors with their repr (STACK.md); its protocol layer also ignores a
+client's RST_STREAM. So we open the listener ourselves and run our own connection handler
+over purerpc's protocol classes, which also ends a call when its client cancels it; purerpc
+is pinned for that.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping
+import math
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import aclosing
 from typing import Any
 
 import anyio
 import anyio.abc
+import h2.events
 import h2.exceptions
 import purerpc
 import trio
 from purerpc.grpc_proto import GRPCProtoSocket, GRPCProtoStream
+from purerpc.grpc_socket import GRPCStreamState
 from purerpc.grpclib.connection import GRPCConfiguration
 from purerpc.grpclib.events import RequestReceived
 from purerpc.grpclib.exceptions import GRPCError, RpcFailedError
@@ -38,6 +44,9 @@ from aggtrio.symbols import InvalidSymbolError, normalize_symbol
 
 log = logging.getLogger(__name__)
 
+# Seconds between two log lines about refused streams (the ones in between are counted).
+REFUSAL_LOG_INTERVAL = 10.0
+
 # What a vanished client looks like from the server side; none of it is worth a warning.
 _DISCONNECTS: tuple[type[BaseException], ...] = (
     anyio.BrokenResourceError,
@@ -53,20 +62,52 @@ _CLIENT_PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (h2.exceptions.H2Erro
 
 
 class OrderbookService(OrderbookAggregatorServicer):
-    """Streams each symbol's merged book: the latest summary at once, then every change."""
+    """Streams each symbol's merged book: the latest summary at once, then every change, and
+    the latest again whenever `resend_interval` seconds pass without one.
+
+    The resend lets clients treat silence beyond the interval as a dead connection, and is
+    the backstop for dead streams on a quiet symbol: purerpc sees that a stream is gone only
+    when it writes to it (STACK.md). ConnectionHandler ends calls on RST_STREAM and on a
+    closed connection itself; without writes, anything that slips past it (a reset read in
+    the same batch as the request, before the call was running) would hold its slot
+    forever. It is the same shared object, bytes and `arrival_time` included, so it costs
+    no encoding; clients tell it from a change by the unchanged `arrival_time`.
+
+    At most `max_streams` streams run at once, over both RPCs and all symbols: each costs
+    the server a task and a share of every publish, so the limit bounds both memory and
+    fan-out time. Beyond it a stream ends at once with RESOURCE_EXHAUSTED.
+    """
 
     def __init__(
-        self, broadcasts: Mapping[str, Broadcast[PublishedSummary]], default_symbol: str
+        self,
+        broadcasts: Mapping[str, Broadcast[PublishedSummary]],
+        default_symbol: str,
+        *,
+        max_streams: int = 1000,
+        resend_interval: float = 1.0,
     ) -> None:
         self._broadcasts = broadcasts
         self._default_symbol = default_symbol
+        self._max_streams = max_streams
+        self._resend_interval = resend_interval
+        self._open_streams = 0
+        self._refused = 0
+        self._next_refusal_log = -math.inf
+
+    @property
+    def open_streams(self) -> int:
+        """Client streams running now (a slot is taken until the handler has ended)."""
+        return self._open_streams
 
     # The generated base declares coroutines; purerpc streams whatever async generator we return.
     async def BookSummary(  # type: ignore[override]
         self, message: Empty
     ) -> AsyncIterator[PublishedSummary]:
-        async for summary in self._stream(self._default_symbol):
-            yield summary
+        # aclosing: when purerpc closes this generator, the inner one must end (and free its
+        # slot) now, not whenever the garbage collector finalizes it.
+        async with aclosing(self._stream(self._default_symbol)) as summaries:
+            async for summary in summaries:
+                yield summary
 
     async def BookSummaryForSymbol(  # type: ignore[override]
         self, message: SummaryRequest
@@ -78,19 +119,63 @@ class OrderbookService(OrderbookAggregatorServicer):
         if symbol not in self._broadcasts:
             served = ", ".join(self._broadcasts)
             raise purerpc.NotFoundError(f"symbol {symbol!r} is not served; served: {served}")
-        async for summary in self._stream(symbol):
-            yield summary
-
-    async def _stream(self, symbol: str) -> AsyncIterator[PublishedSummary]:
-        broadcast = self._broadcasts[symbol]
-        seen = 0
-        with broadcast.subscription():
-            while True:
-                try:
-                    seen, summary = await broadcast.next_after(seen)
-                except BroadcastClosedError:
-                    raise purerpc.UnavailableError("server is shutting down") from None
+        async with aclosing(self._stream(symbol)) as summaries:
+            async for summary in summaries:
                 yield summary
+
+    async def _stream(self, symbol: str) -> AsyncGenerator[PublishedSummary, None]:
+        if self._open_streams >= self._max_streams:
+            raise self._refuse()
+        broadcast = self._broadcasts[symbol]
+        self._open_streams += 1
+        started = trio.current_time()
+        sent = 0
+        # One line per stream start and end: who is subscribed is worth seeing at INFO, and
+        # the running count shows how close the server is to --max-subscribers.
+        log.info("stream opened: %s, %d open", symbol, self._open_streams)
+        try:
+            seen = 0
+            summary: PublishedSummary | None = None
+            with broadcast.subscription():
+                while True:
+                    # A timeout leaves `summary` as the one last sent, which is then the
+                    # latest: sending it again is the resend. (No yield inside the scope:
+                    # a cancel scope must not span a generator's suspension.)
+                    with trio.move_on_after(self._resend_interval):
+                        try:
+                            seen, summary = await broadcast.next_after(seen)
+                        except BroadcastClosedError:
+                            raise purerpc.UnavailableError("server is shutting down") from None
+                    if summary is not None:
+                        sent += 1
+                        yield summary
+        finally:
+            self._open_streams -= 1
+            log.info(
+                "stream closed: %s after %.1f s and %d messages, %d open",
+                symbol,
+                trio.current_time() - started,
+                sent,
+                self._open_streams,
+            )
+
+    def _refuse(self) -> purerpc.ResourceExhaustedError:
+        # A client retrying in a loop must not flood the log: one line per interval at most.
+        self._refused += 1
+        now = trio.current_time()
+        if now >= self._next_refusal_log:
+            log.warning(
+                "refused %d stream(s): all %d slots are taken (raise --max-subscribers)",
+                self._refused,
+                self._max_streams,
+            )
+            self._refused = 0
+            self._next_refusal_log = now + REFUSAL_LOG_INTERVAL
+        return purerpc.ResourceExhaustedError(
+            f"the server is at its limit of {self._max_streams} concurrent streams; "
+            "retry later, or have its operator raise the limit with --max-subscribers "
+            "(environment variable AGGTRIO_MAX_SUBSCRIBERS)"
+        )
 
 
 def _only(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> bool:
@@ -108,13 +193,16 @@ class ConnectionHandler:
         self._config = GRPCConfiguration(client_side=False)
 
     async def __call__(self, stream: anyio.abc.SocketStream) -> None:
+        # Each running call's cancel scope, by HTTP/2 stream id, for RST_STREAM to cancel.
+        running: dict[int, trio.CancelScope] = {}
         try:
             async with (
                 GRPCProtoSocket(self._config, stream) as grpc_socket,
                 anyio.create_task_group() as calls,
             ):
+                _cancel_calls_on_reset(grpc_socket, running)
                 async for call in grpc_socket.listen():
-                    calls.start_soon(self._serve_call, call)
+                    calls.start_soon(self._serve_call, grpc_socket, call, running)
                 # The client closed the connection: none of its calls can be answered,
                 # so end them now rather than at their next write.
                 calls.cancel_scope.cancel()
@@ -130,7 +218,24 @@ class ConnectionHandler:
         finally:
             await stream.aclose()
 
-    async def _serve_call(self, stream: GRPCProtoStream) -> None:
+    async def _serve_call(
+        self,
+        grpc_socket: GRPCProtoSocket,
+        stream: GRPCProtoStream,
+        running: dict[int, trio.CancelScope],
+    ) -> None:
+        stream_id: int = stream.stream_id
+        with trio.CancelScope() as scope:
+            running[stream_id] = scope
+            try:
+                await self._run_call(stream)
+            finally:
+                del running[stream_id]
+        if scope.cancelled_caught:
+            log.debug("client cancelled stream %d", stream_id)
+        _forget_stream(grpc_socket, stream, reset=scope.cancelled_caught)
+
+    async def _run_call(self, stream: GRPCProtoStream) -> None:
         method = "?"
         try:
             await stream.start_response()
@@ -160,6 +265,38 @@ class ConnectionHandler:
                 await _close_quietly(stream, Status(StatusCode.INTERNAL, "internal server error"))
             else:
                 raise
+
+
+def _cancel_calls_on_reset(
+    grpc_socket: GRPCProtoSocket, running: Mapping[int, trio.CancelScope]
+) -> None:
+    """End a call as soon as its client resets the stream (RST_STREAM: how grpcio cancels).
+
+    purerpc 0.8 drops the reset, so the call would run until its next write failed; and a
+    call blocked on a full flow-control window (a client that stopped reading, then
+    cancelled) never writes again, so it would hold its slot until the connection closed.
+    """
+
+    def stream_reset(event: h2.events.StreamReset) -> list[Any]:
+        scope = running.get(event.stream_id)
+        if scope is not None:
+            scope.cancel()
+        return []  # like purerpc's own handler: no gRPC-level event
+
+    grpc_socket._grpc_connection._stream_reset = stream_reset
+
+
+def _forget_stream(grpc_socket: GRPCProtoSocket, stream: GRPCProtoStream, *, reset: bool) -> None:
+    """Drop a finished call's stream from purerpc's table of the connection's streams.
+
+    purerpc drops it only once both sides have closed it normally. A call that ended because
+    its client reset it or stopped listening mid-response never closes its side, so on a
+    long-lived connection whose client subscribes and cancels again and again the table
+    would grow until the connection closed. No event can follow for such a stream: its
+    request has ended (half-closed remote), or h2 reports nothing more after a reset.
+    """
+    if reset or stream.state is GRPCStreamState.HALF_CLOSED_REMOTE:
+        grpc_socket._streams.pop(stream.stream_id, None)
 
 
 async def _close_quietly(stream: GRPCProtoStream, status: Status) -> None:

@@ -5,6 +5,9 @@ The public entry point is :func:`run_watch`. Everything that decides what the us
 :class:`LatencyWindow`) is a pure function or a small value object, so it is tested without
 a terminal or a server; :func:`run_watch` only moves bytes and handles failures.
 
+A summary the server sends again unchanged on a quiet symbol (same ``arrival_time``, see
+:func:`is_resend`) is neither shown again nor counted in ``count``, the rate or the latency.
+
 Exit codes returned by :func:`run_watch`:
 
 * ``0``: ``count`` summaries were shown, or the output was closed (the reader of a pipe
@@ -55,6 +58,7 @@ __all__ = [
     "WatchState",
     "exchange_text",
     "fit_depth",
+    "is_resend",
     "parse_server_address",
     "render_book",
     "render_header",
@@ -237,6 +241,7 @@ class WatchState:
     summary: orderbook_pb2.Summary | None = None
     count: int = 0
     last_received_ns: int | None = None
+    last_arrival: int | None = None
     # Every venue this stream has shown live, so one that drops out is shown as down.
     seen_venues: set[str] = field(default_factory=set)
     rate: RateWindow = field(init=False)
@@ -246,13 +251,29 @@ class WatchState:
         self.rate = RateWindow(self.started_ns)
         self.latency = LatencyWindow()
 
-    def record(self, summary: orderbook_pb2.Summary, now_ns: int) -> None:
+    def record(self, summary: orderbook_pb2.Summary, now_ns: int) -> bool:
+        """Take in a received summary; False (and nothing changes) if it is a resend."""
+        if is_resend(summary, self.last_arrival):
+            return False
+        self.last_arrival = summary.arrival_time
         self.summary = summary
         self.count += 1
         self.last_received_ns = now_ns
         self.rate.record(now_ns)
         self.latency.record(summary.arrival_time, now_ns)
         self.seen_venues.update(_venues(summary))
+        return True
+
+
+def is_resend(summary: orderbook_pb2.Summary, previous_arrival: int | None) -> bool:
+    """True if ``summary`` repeats the previous one (``arrival_time`` ``previous_arrival``).
+
+    A server resends the latest summary when its symbol has been quiet for a while, with
+    the same ``arrival_time``. It proves the stream is alive but is not an update: counted,
+    it would inflate the rate and add latencies as old as the quiet spell. Different
+    changes always have different arrival times; 0 means the server gave none.
+    """
+    return summary.arrival_time != 0 and summary.arrival_time == previous_arrival
 
 
 # --------------------------------------------------------------------------------------------
@@ -586,7 +607,11 @@ async def _run_json(
     out: TextIO,
 ) -> _Outcome:
     received = 0
+    previous_arrival: int | None = None
     async for summary in summaries:
+        if is_resend(summary, previous_arrival):
+            continue
+        previous_arrival = summary.arrival_time
         line = summary_to_json(symbol, summary, time.time_ns())
         try:
             out.write(line.decode() + "\n")
@@ -649,7 +674,8 @@ async def _run_live(
                 nursery.start_soon(redraw, live)
                 try:
                     async for summary in summaries:
-                        state.record(summary, time.time_ns())
+                        if not state.record(summary, time.time_ns()):
+                            continue
                         changed.set()
                         if count is not None and state.count >= count:
                             outcome = _Outcome(0)

@@ -33,12 +33,7 @@ async def server(
 ) -> AsyncIterator[ServerProcess]:
     proc = await start_server(nursery, ["--symbols", "ETHBTC,BTCUSDT", *venue_url_args(simulators)])
     yield proc
-    if proc.process.returncode is None:
-        proc.terminate()
-        with trio.fail_after(5):
-            await proc.process.wait()
-    assert proc.process.returncode == 0, "\n".join(proc.log)
-    assert proc.problems() == []
+    await proc.stop_and_check()
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,10 @@ class ServerProcess:
     """`python -m aggtrio serve` running in a child process."""
 
     process: trio.Process
-    port: int
-    log: list[str]
+    port: int = 0
+    log: list[str] = attrs.field(factory=list)
+    _log_grew: trio.Event = attrs.field(factory=trio.Event)
+    _log_ended: bool = False
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -43,6 +45,44 @@ class ServerProcess:
             if "Traceback" in line or " ERROR " in line or "purerpc" in line
         ]
 
+    def rss_kib(self) -> int:
+        """The process's resident memory (VmRSS), in KiB."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        match = re.search(r"^VmRSS:\s+(\d+) kB$", status, re.MULTILINE)
+        assert match is not None, status
+        return int(match.group(1))
+
+    async def wait_for_line(
+        self, pattern: str | re.Pattern[str], start: int = 0
+    ) -> tuple[int, re.Match[str]]:
+        """The first log line from index `start` on that matches `pattern`, when it comes:
+        its index and the match."""
+        index = start
+        while True:
+            while index < len(self.log):
+                match = re.search(pattern, self.log[index])
+                if match is not None:
+                    return index, match
+                index += 1
+            if self._log_ended:
+                raise AssertionError(f"server exited before logging {pattern!r}")
+            await self._log_grew.wait()
+
+    def _append(self, lines: list[str], *, ended: bool = False) -> None:
+        self.log.extend(lines)
+        self._log_ended = ended
+        grew, self._log_grew = self._log_grew, trio.Event()
+        grew.set()
+
+    async def stop_and_check(self) -> None:
+        """SIGTERM, then: it exits 0 within 5 s and logged no problems."""
+        if self.process.returncode is None:
+            self.terminate()
+            with trio.fail_after(5):
+                await self.process.wait()
+        assert self.process.returncode == 0, "\n".join(self.log)
+        assert self.problems() == []
+
 
 async def start_server(
     nursery: trio.Nursery, args: Sequence[str], *, ready_timeout: float = 20.0
@@ -52,9 +92,7 @@ async def start_server(
         stderr=subprocess.PIPE,
         cwd=ROOT,
     )
-    log: list[str] = []
-    ready = trio.Event()
-    port: list[int] = []
+    server = ServerProcess(process)
 
     async def read_log() -> None:
         assert process.stderr is not None
@@ -62,23 +100,34 @@ async def start_server(
         async for chunk in process.stderr:
             buffer += chunk
             *lines, buffer = buffer.split(b"\n")
-            for raw in lines:
-                line = raw.decode(errors="replace")
-                log.append(line)
-                match = SERVING.search(line)
-                if match and not ready.is_set():
-                    port.append(int(match.group(2)))
-                    ready.set()
+            server._append([raw.decode(errors="replace") for raw in lines])
+        server._append([], ended=True)
 
     nursery.start_soon(read_log)
     with trio.fail_after(ready_timeout):
-        while not ready.is_set():
-            if process.poll() is not None:
-                await trio.sleep(0.1)  # let the log reader catch the last lines
-                raise AssertionError("server exited early:\n" + "\n".join(log))
-            with trio.move_on_after(0.05):
-                await ready.wait()
-    return ServerProcess(process, port[0], log)
+        try:
+            _, match = await server.wait_for_line(SERVING)
+        except AssertionError:
+            raise AssertionError("server exited early:\n" + "\n".join(server.log)) from None
+    server.port = int(match.group(2))
+    return server
+
+
+@asynccontextmanager
+async def running_server(
+    nursery: trio.Nursery, args: Sequence[str]
+) -> AsyncIterator[ServerProcess]:
+    """`start_server`, then `stop_and_check` after the block; killed if the block fails
+    (else the server would outlive the test, holding its pipes)."""
+    server = await start_server(nursery, args)
+    try:
+        yield server
+        await server.stop_and_check()
+    finally:
+        if server.process.returncode is None:
+            server.process.kill()
+            with trio.CancelScope(shield=True):
+                await server.process.wait()
 
 
 # --- clients ---------------------------------------------------------------------------

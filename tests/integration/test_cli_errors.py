@@ -40,6 +40,22 @@ BAD_VALUES: dict[str, Case] = {
         ("serve", "--venue-url", "binance=http://x"), mentions=("--venue-url", "http://x")
     ),
     "depth zero": Case(("serve", "--depth", "0"), mentions=("--depth", "0")),
+    "no subscribers allowed": Case(
+        ("serve", "--max-subscribers", "0"), mentions=("--max-subscribers", "0", "at least 1")
+    ),
+    "bad subscriber limit in env": Case(
+        ("serve",),
+        env={"AGGTRIO_MAX_SUBSCRIBERS": "lots"},
+        mentions=("AGGTRIO_MAX_SUBSCRIBERS", "lots"),
+    ),
+    "resend interval zero": Case(
+        ("serve", "--resend-interval", "0"), mentions=("--resend-interval", "0", "out of range")
+    ),
+    "bad resend interval in env": Case(
+        ("serve",),
+        env={"AGGTRIO_RESEND_INTERVAL": "soon"},
+        mentions=("AGGTRIO_RESEND_INTERVAL", "soon"),
+    ),
     "bad watch server": Case(("watch", "--server", "nonsense"), mentions=("nonsense",)),
     "unknown simulated venue": Case(
         ("simulate", "--venue", "kraken=9001"), mentions=("--venue", "kraken", "binance")
@@ -133,6 +149,8 @@ def test_serve_help_mentions_every_flag(results: dict[str, Result]) -> None:
         "--venues",
         "--venue-url",
         "--depth",
+        "--max-subscribers",
+        "--resend-interval",
         "--log-level",
     ):
         assert flag in result.stdout

@@ -112,7 +112,12 @@ async def test_merged_book_matches_what_the_venues_last_sent(
         ("XRPUSDT", grpc.StatusCode.NOT_FOUND, "served: ETHBTC, BTCUSDT"),
         ("", grpc.StatusCode.INVALID_ARGUMENT, "empty"),
         ("ETH BTC", grpc.StatusCode.INVALID_ARGUMENT, "not a pair name"),
+        ("ETH*BTC", grpc.StatusCode.INVALID_ARGUMENT, "not a pair name"),
+        ("ÉTHBTC", grpc.StatusCode.INVALID_ARGUMENT, "not a pair name"),
+        ("ETH/" + "B" * 29, grpc.StatusCode.INVALID_ARGUMENT, "longer than 32 characters"),
+        ("X" * 10_000, grpc.StatusCode.INVALID_ARGUMENT, "longer than 32 characters"),
     ],
+    ids=["unknown", "empty", "space", "star", "non-ascii", "33 characters", "10000 characters"],
 )
 async def test_bad_symbols_get_the_right_status(
     server: ServerProcess,
@@ -135,6 +140,7 @@ async def test_bad_symbols_get_the_right_status(
     error = await trio.to_thread.run_sync(call)
     assert error.code() == code
     assert fragment in error.details()
+    assert len(error.details()) < 200  # a huge symbol is not echoed back
 
 
 async def test_fifty_concurrent_clients_all_receive_updates(server: ServerProcess) -> None:

@@ -13,7 +13,9 @@ from aggtrio.config import (
     ServeConfig,
     parse_depth,
     parse_log_level,
+    parse_max_subscribers,
     parse_port,
+    parse_seconds,
     parse_symbols,
     parse_venue_url,
     parse_venue_urls,
@@ -151,6 +153,30 @@ def test_unknown_log_level_is_rejected_naming_the_known_ones(text: str) -> None:
     assert "DEBUG" in one_line(info)
 
 
+@pytest.mark.parametrize(("text", "limit"), [("1", 1), ("1000", 1000), (" 50000 ", 50000)])
+def test_max_subscribers_of_at_least_one_is_accepted(text: str, limit: int) -> None:
+    assert parse_max_subscribers(text) == limit
+
+
+@pytest.mark.parametrize("text", ["0", "-5", "many", "", "2.5"])
+def test_max_subscribers_below_one_or_not_a_whole_number_is_rejected(text: str) -> None:
+    with pytest.raises(ConfigError, match="subscriber limit") as info:
+        parse_max_subscribers(text)
+    assert text.strip() in one_line(info)
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("1", 1.0), ("0.05", 0.05), (" 2.5 ", 2.5)])
+def test_seconds_above_zero_are_accepted(text: str, seconds: float) -> None:
+    assert parse_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "-1", "soon", "", "nan", "inf", "86400"])
+def test_seconds_of_zero_or_less_or_not_a_number_are_rejected(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_seconds(text)
+    one_line(info)
+
+
 def test_bad_symbol_is_a_config_error() -> None:
     assert parse_symbols("eth/btc,BTC-USDT") == ("ETHBTC", "BTCUSDT")
     with pytest.raises(ConfigError) as info:
@@ -189,6 +215,8 @@ def test_defaults() -> None:
     assert config.default_symbol == "ETHBTC"
     assert config.venues == ("binance", "bitstamp")
     assert config.depth == 10
+    assert config.max_subscribers == 1000
+    assert config.resend_interval == 1.0
 
 
 # --- flags and environment --------------------------------------------------------------------
@@ -214,6 +242,23 @@ def test_environment_fills_in_missing_flags_and_flags_win(clean_env: pytest.Monk
     assert config.symbols == ("BTCUSDT",)
     assert config.depth == 5
     assert config.base_url("bitstamp") == "ws://127.0.0.1:9002"
+
+
+def test_max_subscribers_from_flag_environment_or_default(clean_env: pytest.MonkeyPatch) -> None:
+    parse = build_parser().parse_args
+    assert serve_config_from_args(parse(["serve"])).max_subscribers == 1000
+    clean_env.setenv("AGGTRIO_MAX_SUBSCRIBERS", "20")
+    assert serve_config_from_args(parse(["serve"])).max_subscribers == 20
+    assert serve_config_from_args(parse(["serve", "--max-subscribers", "3"])).max_subscribers == 3
+
+
+def test_resend_interval_from_flag_environment_or_default(clean_env: pytest.MonkeyPatch) -> None:
+    parse = build_parser().parse_args
+    assert serve_config_from_args(parse(["serve"])).resend_interval == 1.0
+    clean_env.setenv("AGGTRIO_RESEND_INTERVAL", "0.25")
+    assert serve_config_from_args(parse(["serve"])).resend_interval == 0.25
+    args = parse(["serve", "--resend-interval", "5"])
+    assert serve_config_from_args(args).resend_interval == 5.0
 
 
 def test_bad_environment_value_names_the_variable(clean_env: pytest.MonkeyPatch) -> None:

@@ -58,11 +58,31 @@ def test_length_limit_is_inclusive() -> None:
         "ÉTHBTC",
         "E",
         "e",
+        "ETH/" + "B" * 29,  # 33 characters, separator included
+        "ETH*BTC",
+        "ETH+BTC",
+        "ETH\\BTC",
+        "ETH%2FBTC",
+        "ETH;BTC",
+        "ETH\x00BTC",
+        "ETH\u200bBTC",  # zero-width space
+        "\uff25\uff34\uff28\uff22\uff34\uff23",  # ETHBTC in fullwidth letters
+        "ETH\u0661BTC",  # an Arabic-Indic digit: a digit, but not 0-9
     ],
 )
 def test_invalid_symbols_are_rejected(text: str) -> None:
     with pytest.raises(InvalidSymbolError):
         normalize_symbol(text)
+
+
+def test_a_symbol_of_32_characters_with_a_separator_is_accepted() -> None:
+    assert normalize_symbol("ETH/" + "B" * 28) == "ETH" + "B" * 28
+
+
+def test_a_huge_symbol_is_not_echoed_back_in_full() -> None:
+    with pytest.raises(InvalidSymbolError, match="longer than 32 characters") as info:
+        normalize_symbol("A" * 100_000)
+    assert len(str(info.value)) < 100
 
 
 def test_invalid_symbol_error_is_a_value_error_with_a_one_line_reason() -> None:

@@ -22,6 +22,7 @@ from aggtrio.watch import (
     WatchState,
     exchange_text,
     fit_depth,
+    is_resend,
     parse_server_address,
     render_book,
     render_view,
@@ -357,3 +358,61 @@ def test_latency_window_forgets_old_samples_and_ignores_missing_arrival() -> Non
     later = lat.snapshot(T0 + 10 * S)
     assert later.p50_ms is None
     assert later.last_ms == 3.0
+
+
+# -- resends ----------------------------------------------------------------------------------
+
+
+def test_a_resend_is_a_summary_with_the_previous_arrival_time() -> None:
+    assert not is_resend(book([("okx", 2.0, 1.0)], [], arrival=T0), None)
+    assert is_resend(book([("okx", 2.0, 1.0)], [], arrival=T0), T0)
+    assert not is_resend(book([("okx", 2.0, 1.0)], [], arrival=T0 + 1), T0)
+    # Without arrival times (0) there is no telling: every summary counts.
+    assert not is_resend(book([], [], arrival=0), 0)
+
+
+def test_resends_do_not_count_as_updates_in_rate_latency_or_count() -> None:
+    state = WatchState(symbol="ETHBTC", server="h:1", started_ns=T0)
+    first = book([("okx", 2.0, 1.0)], [], arrival=T0)
+    assert state.record(first, T0 + 3 * MS)
+    # The server resends it once a second while the book is quiet.
+    for second in range(1, 5):
+        assert not state.record(book([("okx", 2.0, 1.0)], [], arrival=T0), T0 + second * S)
+    assert state.count == 1
+    assert state.last_received_ns == T0 + 3 * MS
+    text = to_text(render_view(state, T0 + 4 * S + MS))
+    assert "summaries 1" in text
+    assert "rate 0.2/s" in text  # 1 in 5 s, not 5
+    assert "p99 3.00 ms" in text  # not the 4 s age of the resent summary
+    assert state.record(book([("okx", 2.5, 1.0)], [], arrival=T0 + 4 * S), T0 + 4 * S + 2 * MS)
+    assert state.count == 2
+
+
+class Summaries:
+    """An async iterator over fixed summaries, standing in for a gRPC stream."""
+
+    def __init__(self, summaries: list[Summary]) -> None:
+        self._summaries = iter(summaries)
+
+    def __aiter__(self) -> Summaries:
+        return self
+
+    async def __anext__(self) -> Summary:
+        try:
+            return next(self._summaries)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+
+async def test_json_lines_skip_resends_and_count_only_changes() -> None:
+    a, b, c = (book([("okx", 2.0 + i, 1.0)], [], arrival=T0 + i) for i in range(3))
+    received = [a, a, a, b, b, c]
+    out = io.StringIO()
+    await watch._run_json(Summaries(received), "ETHBTC", None, out)
+    arrivals = [json.loads(line)["arrival_time"] for line in out.getvalue().splitlines()]
+    assert arrivals == [T0, T0 + 1, T0 + 2]
+
+    out = io.StringIO()
+    outcome = await watch._run_json(Summaries(received), "ETHBTC", 2, out)
+    assert outcome.code == 0
+    assert len(out.getvalue().splitlines()) == 2

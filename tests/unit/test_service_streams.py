@@ -1,0 +1,99 @@
+"""The gRPC handler's stream logic, driven directly (no sockets) on a virtual clock."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import purerpc
+import pytest
+import trio
+
+from aggtrio._proto.orderbook_pb2 import Empty, SummaryRequest
+from aggtrio.aggregator import PublishedSummary
+from aggtrio.broadcast import Broadcast
+from aggtrio.server import OrderbookService
+
+
+def summary(arrival: int) -> PublishedSummary:
+    return PublishedSummary("ETHBTC", (), (), float("nan"), arrival, b"payload %d" % arrival)
+
+
+def service(**options: float) -> tuple[OrderbookService, dict[str, Broadcast[PublishedSummary]]]:
+    broadcasts = {"ETHBTC": Broadcast[PublishedSummary](), "BTCUSDT": Broadcast[PublishedSummary]()}
+    return OrderbookService(broadcasts, "ETHBTC", **options), broadcasts  # type: ignore[arg-type]
+
+
+async def timed_next(stream: AsyncIterator[PublishedSummary]) -> tuple[float, PublishedSummary]:
+    value = await anext(stream)
+    return trio.current_time(), value
+
+
+async def test_a_quiet_symbol_resends_the_latest_summary_every_interval(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    svc, broadcasts = service(resend_interval=1.0)
+    first = summary(1)
+    broadcasts["ETHBTC"].publish(first)
+    async with aclosing(svc.BookSummary(Empty())) as stream:
+        start = trio.current_time()
+        assert await timed_next(stream) == (start, first)
+        # Nothing changes: the very same object (its encoded bytes shared) comes again,
+        # once per interval measured from the previous send.
+        assert await timed_next(stream) == (start + 1.0, first)
+        assert await timed_next(stream) == (start + 2.0, first)
+        # A change goes out at once and restarts the interval.
+        await trio.sleep(0.25)
+        second = summary(2)
+        broadcasts["ETHBTC"].publish(second)
+        assert await timed_next(stream) == (start + 2.25, second)
+        assert await timed_next(stream) == (start + 3.25, second)
+
+
+async def test_nothing_is_sent_before_the_first_summary(autojump_clock: trio.abc.Clock) -> None:
+    svc, broadcasts = service(resend_interval=1.0)
+    first = summary(7)
+
+    async def publish_later() -> None:
+        await trio.sleep(5.5)
+        broadcasts["ETHBTC"].publish(first)
+
+    async with aclosing(svc.BookSummary(Empty())) as stream, trio.open_nursery() as nursery:
+        start = trio.current_time()
+        nursery.start_soon(publish_later)
+        assert await timed_next(stream) == (start + 5.5, first)
+
+
+async def test_slots_are_counted_over_both_rpcs_and_freed_when_a_stream_ends() -> None:
+    svc, broadcasts = service(max_streams=2)
+    for broadcast in broadcasts.values():
+        broadcast.publish(summary(1))
+    default = svc.BookSummary(Empty())
+    await anext(default)
+    btcusdt = svc.BookSummaryForSymbol(SummaryRequest(symbol="btc-usdt"))
+    await anext(btcusdt)
+    assert svc.open_streams == 2
+    assert broadcasts["BTCUSDT"].subscribers == 1
+
+    refused = svc.BookSummaryForSymbol(SummaryRequest(symbol="ETHBTC"))
+    with pytest.raises(purerpc.ResourceExhaustedError, match="limit of 2 concurrent streams"):
+        await anext(refused)
+    assert svc.open_streams == 2
+
+    await btcusdt.aclose()  # what purerpc does when the client has gone
+    assert svc.open_streams == 1
+    assert broadcasts["BTCUSDT"].subscribers == 0
+    again = svc.BookSummaryForSymbol(SummaryRequest(symbol="ETHBTC"))
+    assert (await anext(again)).arrival_time == 1
+    await again.aclose()
+    await default.aclose()
+    assert svc.open_streams == 0
+
+
+async def test_a_bad_symbol_is_refused_before_it_takes_a_slot() -> None:
+    svc, _ = service(max_streams=1)
+    with pytest.raises(purerpc.InvalidArgumentError):
+        await anext(svc.BookSummaryForSymbol(SummaryRequest(symbol="ETH BTC")))
+    with pytest.raises(purerpc.NotFoundError):
+        await anext(svc.BookSummaryForSymbol(SummaryRequest(symbol="XRPUSDT")))
+    assert svc.open_streams == 0
