@@ -122,6 +122,9 @@ class Client:
         self.session_nursery: trio.Nursery | None = None
         self.killed = False
         self.ended = False
+        # Set while close() runs: the ConnectionClosed its own close frame causes in the
+        # other tasks must not end the session before the close handshake is done.
+        self.closing = False
         self.done = trio.Event()
 
     @property
@@ -140,7 +143,7 @@ class Client:
         try:
             await self.ws.send_message(text)
         except ConnectionClosed:
-            self.end()
+            self.lost()
             return False
         return True
 
@@ -150,10 +153,20 @@ class Client:
         if self.session_nursery is not None:
             self.session_nursery.cancel_scope.cancel()
 
+    def lost(self) -> None:
+        """The WebSocket reported itself closed: end, unless that is our own close() at work
+        (it ends the session itself once the handshake is done)."""
+        if not self.closing:
+            self.end()
+
     async def close(self, code: int = 1000, reason: str | None = None) -> None:
-        """Close gracefully: close frame, wait (bounded) for the client's, then end."""
+        """Close gracefully: close frame, wait (bounded) for the client's, then end. Returns
+        at once if a close is already under way."""
         ws = self.ws
+        if self.closing:
+            return
         if ws is not None and not self.ended:
+            self.closing = True
             with trio.move_on_after(self.venue.close_timeout):
                 await ws.aclose(code, reason)
         self.end()
@@ -590,7 +603,7 @@ class SimulatedVenue(abc.ABC):
                 break
             except Exception:
                 logger.exception("%s: error handling %r", self.name, message[:200])
-        client.end()
+        client.lost()
 
     async def _ping_loop(self, client: Client, interval: float) -> None:
         assert client.ws is not None
@@ -602,7 +615,7 @@ class SimulatedVenue(abc.ABC):
                 try:
                     await client.ws.ping(b"%d" % count)
                 except ConnectionClosed:
-                    client.end()
+                    client.lost()
                     return
             if scope.cancelled_caught:
                 logger.info("%s: no pong within %ss, disconnecting", self.name, self.pong_timeout)
