@@ -102,10 +102,10 @@ async def assert_silent(ws: WebSocketConnection, seconds: float = QUIET) -> None
         pytest.fail(f"expected silence, got {message[:200]!r}")
 
 
-async def read_until_closed(ws: WebSocketConnection) -> tuple[int, int]:
+async def read_until_closed(ws: WebSocketConnection, within: float = TIMEOUT) -> tuple[int, int]:
     """Read until the connection closes: how many messages came, and the close code."""
     count = 0
-    with trio.fail_after(TIMEOUT):
+    with trio.fail_after(within):
         while True:
             try:
                 await ws.get_message()
@@ -205,11 +205,37 @@ def valid_data(message: Message) -> bool:
     )
 
 
+async def until_invalid(ws: WebSocketConnection) -> Message | int:
+    """The first message that is not a valid data message (or the close code, for huge)."""
+    with trio.fail_after(TIMEOUT):
+        while True:
+            try:
+                message = await ws.get_message()
+            except ConnectionClosed as exc:
+                return exc.reason.code if exc.reason is not None else -1
+            if not valid_data(message):
+                return message
+
+
 async def handshake_reply(stream: trio.SocketStream) -> bytes | bytearray:
     """Start a handshake by hand; what the server answers first."""
     await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     with trio.fail_after(TIMEOUT):
         return await stream.receive_some()
+
+
+HEALTHY = (False, False, False, False, False, 0.0)
+
+
+def faults_of(venue: SimulatedVenue) -> tuple[bool, bool, bool, bool, bool, float]:
+    return (
+        venue.stalled,
+        venue.muted,
+        venue.ignoring_heartbeats,
+        venue.refusing,
+        venue.rejecting_subscriptions,
+        venue.garbage,
+    )
 
 
 async def send_subscribe(ws: WebSocketConnection, venue: SimulatedVenue, symbol: str) -> None:
@@ -687,6 +713,30 @@ async def test_make_before_break_reconnect(venue: SimulatedVenue) -> None:
     assert venue.connections_total == 2
 
 
+async def test_a_client_that_reads_nothing_holds_up_no_notice(
+    bitstamp: BitstampSimulator,
+) -> None:
+    big = 16 * 1024 * 1024
+    async with (
+        open_websocket_url(bitstamp.url, max_message_size=big) as stuck,
+        open_websocket_url(bitstamp.url) as reader,
+    ):
+        await subscribe(stuck, bitstamp)  # the only connection with a channel
+        # Never read again: its one-message queue fills, its reader stops, and 24 MiB more
+        # fill the socket buffers; the venue's next send on it blocks.
+        started = trio.current_time()
+        await bitstamp.send_malformed("huge", count=3, wait=1.0)
+        assert trio.current_time() - started >= 1.0, "gave up waiting: the connection is stuck"
+        assert bitstamp.malformed_sent == 0
+        await send(reader, {"event": "bts:heartbeat"})
+        await recv_where(reader, is_reply)
+        with trio.fail_after(TIMEOUT):
+            await bitstamp.request_reconnect()
+        assert await recv(reader) == {"event": "bts:request_reconnect", "channel": "", "data": ""}
+        assert await close_code(reader) == 1000
+    await wait_for(lambda: bitstamp.connections == 0)
+
+
 async def test_binance_max_connection_age(nursery: trio.Nursery) -> None:
     venue = BinanceSimulator(Market(seed=12), interval=INTERVAL, max_connection_age=0.3)
     await nursery.start(venue.serve)
@@ -716,15 +766,7 @@ async def test_reset_faults_heals_everything(bitstamp: BitstampSimulator) -> Non
         bitstamp.garbage_rate(1.0)
         bitstamp.stall()
         bitstamp.reset_faults()
-        faults = (
-            bitstamp.stalled,
-            bitstamp.muted,
-            bitstamp.ignoring_heartbeats,
-            bitstamp.refusing,
-            bitstamp.rejecting_subscriptions,
-        )
-        assert faults == (False,) * 5
-        assert bitstamp.garbage == 0
+        assert faults_of(bitstamp) == HEALTHY
         for _ in range(5):  # the pending drop is cancelled, and no garbage
             assert valid_data(orjson.dumps(await recv_data(ws)).decode())
         await send(ws, {"event": "bts:heartbeat"})

@@ -850,8 +850,6 @@ class SimulatedVenue(abc.ABC):
         if count < 1:
             raise ValueError("count must be at least 1")
         wanted = normalize_symbol(symbol) if symbol is not None else None
-        pending = 0
-        done = trio.Event()
         huge: dict[str, str | bytes] = {}
         huge_lock = trio.Lock()
 
@@ -859,38 +857,27 @@ class SimulatedVenue(abc.ABC):
             client: Client, session: Session, channels: list[Channel]
         ) -> Callable[[], Awaitable[None]]:
             async def run() -> None:
-                nonlocal pending
-                try:
-                    for channel in channels:
-                        for _ in range(count):
-                            if kind == "huge":
-                                message = await self._huge_message(
-                                    session, channel, huge, huge_lock
-                                )
-                            else:
-                                message = self.malformed_message(session, channel, kind)
-                            if not await client.send_malformed(message):
-                                return
-                finally:
-                    pending -= 1
-                    if pending == 0:
-                        done.set()
+                for channel in channels:
+                    for _ in range(count):
+                        if kind == "huge":
+                            message = await self._huge_message(session, channel, huge, huge_lock)
+                        else:
+                            message = self.malformed_message(session, channel, kind)
+                        if not await client.send_malformed(message):
+                            return
 
             return run
 
+        jobs = []
         for client in self.open_clients():
             session = client.session
             if session is None:
                 continue
             channels = [c for c in session.channels() if wanted in (None, c.symbol)]
             if channels:
-                pending += 1
-                if not client.start_soon(job(client, session, channels)):
-                    pending -= 1
+                jobs.append((client, job(client, session, channels)))
         logger.info("%s simulator: sending malformed %r messages", self.name, kind)
-        if pending:
-            with trio.move_on_after(wait):
-                await done.wait()
+        await self._on_each(jobs, wait)
 
     # -- serving -------------------------------------------------------------------------
 
@@ -983,13 +970,42 @@ class SimulatedVenue(abc.ABC):
 
     async def notify_and_close(self, message: Callable[[Client], str], grace: float) -> None:
         """Send every open connection ``message(client)`` now, close those still open after
-        ``grace`` seconds (in the background)."""
+        ``grace`` seconds (in the background). Each notice goes out in its connection's own
+        task: a client that reads nothing delays only itself (this waits at most
+        ``close_timeout`` for the notices)."""
         clients = self.open_clients()
-        async with trio.open_nursery() as nursery:
-            for client in clients:
-                nursery.start_soon(client.send, message(client))
+        jobs = [(client, partial(client.send, message(client))) for client in clients]
+        await self._on_each(jobs, self.close_timeout)
         if self._nursery is not None:
             self._nursery.start_soon(self._close_after, clients, grace)
+
+    async def _on_each(
+        self, jobs: Sequence[tuple[Client, Callable[[], Awaitable[object]]]], wait: float
+    ) -> None:
+        """Run each job as part of its connection's session; wait until all are done, or
+        for ``wait`` seconds. A job whose connection is gone never runs."""
+        pending = 0
+        done = trio.Event()
+
+        def task(job: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                nonlocal pending
+                try:
+                    await job()
+                finally:
+                    pending -= 1
+                    if pending == 0:
+                        done.set()
+
+            return run
+
+        for client, job in jobs:
+            pending += 1
+            if not client.start_soon(task(job)):
+                pending -= 1
+        if pending:
+            with trio.move_on_after(wait):
+                await done.wait()
 
     async def _close_after(self, clients: list[Client], grace: float) -> None:
         await trio.sleep(grace)
