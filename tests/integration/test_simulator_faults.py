@@ -7,7 +7,10 @@ Intervals are short and waits are bounded, so the module stays well under 15 s.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +25,16 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from aggtrio.simulator import BinanceSimulator, BitstampSimulator, Market, SimBook, SimulatedVenue
+from aggtrio.simulator import (
+    BinanceSimulator,
+    BitstampSimulator,
+    Injection,
+    Market,
+    SimBook,
+    SimulatedVenue,
+    run_chaos,
+)
+from aggtrio.simulator.faults import parse_fault, run_faults
 from aggtrio.simulator.venue import GARBAGE_KINDS, MALFORMED_KINDS
 
 INTERVAL = 0.02
@@ -774,3 +786,123 @@ async def test_reset_faults_heals_everything(bitstamp: BitstampSimulator) -> Non
         async with open_websocket_url(bitstamp.url) as new:
             await subscribe(new, bitstamp)
     assert bitstamp.malformed_sent == 0
+
+
+# -- command-line faults and chaos ---------------------------------------------------------
+
+
+async def test_run_faults_switches_and_timed_faults(
+    nursery: trio.Nursery, binance: BinanceSimulator, bitstamp: BitstampSimulator
+) -> None:
+    venues: dict[str, SimulatedVenue] = {"binance": binance, "bitstamp": bitstamp}
+    specs = [
+        "binance:garbage=0.25",
+        "binance:refuse-for=0.2",
+        "binance:max-connection-age=30",
+        "bitstamp:ignore-heartbeats",
+        "bitstamp:reject-subscriptions",
+        "bitstamp:close-every=0.2",
+    ]
+    await nursery.start(run_faults, venues, [parse_fault(spec, venues) for spec in specs])
+    assert binance.garbage == 0.25
+    assert binance.refusing
+    assert binance.max_connection_age == 30
+    assert bitstamp.ignoring_heartbeats
+    assert bitstamp.rejecting_subscriptions
+    async with open_websocket_url(bitstamp.url) as ws:
+        assert await close_code(ws) == 1001  # close-every
+    await wait_for(lambda: not binance.refusing)  # refuse-for is over
+    assert not bitstamp.muted
+    assert not binance.stalled
+
+
+@pytest.mark.parametrize(
+    ("spec", "seen"),
+    [
+        ("drop-every=0.1", close_code),
+        ("reconnect-every=0.1", lambda ws: recv_where(ws, is_notice)),
+        ("malformed-every=0.1", until_invalid),
+    ],
+)
+async def test_run_faults_repeating_events(
+    nursery: trio.Nursery, binance: BinanceSimulator, spec: str, seen: Any
+) -> None:
+    venues: dict[str, SimulatedVenue] = {"binance": binance}
+    async with open_websocket_url(data_url(binance), max_message_size=CLIENT_MAX_MESSAGE) as ws:
+        await recv_data(ws)
+        await nursery.start(run_faults, venues, [parse_fault(f"binance:{spec}", venues)])
+        result = await seen(ws)
+    if spec.startswith("drop"):
+        assert result == 1006
+
+
+async def test_run_faults_stall_after(nursery: trio.Nursery, bitstamp: BitstampSimulator) -> None:
+    venues: dict[str, SimulatedVenue] = {"bitstamp": bitstamp}
+    await nursery.start(run_faults, venues, [parse_fault("bitstamp:stall-after=0.1", venues)])
+    assert not bitstamp.stalled
+    await wait_for(lambda: bitstamp.stalled)
+
+
+async def test_chaos_injects_and_heals(
+    binance: BinanceSimulator, bitstamp: BitstampSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    bitstamp.garbage_rate(0.01)  # set before chaos: it must survive a chaos "garbage"
+
+    async def client(venue: SimulatedVenue, task_status: trio.TaskStatus[None]) -> None:
+        # Reads all the time, as a real client must: a trio-websocket client whose queue is
+        # full when the venue resets it hangs in close (its reader is never woken).
+        async with open_websocket_url(data_url(venue)) as ws:
+            await subscribe(ws, venue)
+            task_status.started()
+            await read_until_closed(ws, within=math.inf)
+
+    async with trio.open_nursery() as clients:
+        await clients.start(client, binance)
+        await clients.start(client, bitstamp)
+        with caplog.at_level(logging.INFO, logger="aggtrio.simulator.chaos"):
+            log = await run_chaos(
+                [binance, bitstamp],
+                random.Random(5),
+                0.01,
+                heal_after=(0.02, 0.06),
+                count=40,
+            )
+        clients.cancel_scope.cancel()
+    assert len(log) == 40
+    assert all(isinstance(item, Injection) for item in log)
+    kinds = {item.fault.split(":")[0].split("=")[0] for item in log}
+    assert len(kinds) >= 7, kinds
+    assert {item.venue for item in log} == {"binance", "bitstamp"}
+    for item in log:
+        assert item.healed_at is not None
+        assert item.healed_at >= item.at + item.duration
+    for name in ("binance", "bitstamp"):  # one chaos fault per venue at a time
+        spans = sorted((i.at, i.healed_at) for i in log if i.venue == name and i.duration > 0)
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert end is not None
+            assert start >= end
+    lines = [r.getMessage() for r in caplog.records if r.name == "aggtrio.simulator.chaos"]
+    assert len([line for line in lines if line.startswith("chaos: ")]) == 40
+    # Healed: both venues serve normally again, and the earlier garbage rate is back.
+    for venue in (binance, bitstamp):
+        assert faults_of(venue)[:-1] == HEALTHY[:-1]
+        async with open_websocket_url(data_url(venue)) as ws:
+            await subscribe(ws, venue)
+    assert bitstamp.garbage == 0.01
+
+
+async def test_cancelled_chaos_heals_what_it_injected(binance: BinanceSimulator) -> None:
+    async with trio.open_nursery() as nursery:
+        log: list[Injection] = await nursery.start(
+            lambda task_status: run_chaos(
+                [binance],
+                random.Random(1),
+                0.01,
+                heal_after=(60.0, 60.0),
+                task_status=task_status,
+            )
+        )
+        await wait_for(lambda: any(item.healed_at is None for item in log))
+        assert faults_of(binance) != HEALTHY or log[-1].fault == "reconnect"
+        nursery.cancel_scope.cancel()
+    assert faults_of(binance) == HEALTHY
