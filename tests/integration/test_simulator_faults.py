@@ -11,6 +11,10 @@ import itertools
 import logging
 import math
 import random
+import re
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -906,3 +910,74 @@ async def test_cancelled_chaos_heals_what_it_injected(binance: BinanceSimulator)
         assert faults_of(binance) != HEALTHY or log[-1].fault == "reconnect"
         nursery.cancel_scope.cancel()
     assert faults_of(binance) == HEALTHY
+
+
+async def garbage_from(url: str) -> Message:
+    """The first message on a new connection, which garbage=1 makes malformed; retried while
+    chaos gets in the way (a stall, an outage, a close, its own garbage rate)."""
+    with trio.fail_after(10):
+        while True:
+            with trio.move_on_after(1):  # bounds a connect to a stalled venue, too
+                try:
+                    async with open_websocket_url(url) as ws:
+                        first = await ws.get_message()
+                        if not valid_data(first):
+                            return first
+                except (ConnectionClosed, HandshakeError):
+                    pass
+            await trio.sleep(0.1)
+
+
+async def test_simulate_command_applies_faults_and_chaos(nursery: trio.Nursery) -> None:
+    """`aggtrio simulate --fault … --chaos …` as a user runs it, stopped with Ctrl-C."""
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "aggtrio",
+            "simulate",
+            "--venue",
+            "binance=0",
+            "--seed",
+            "3",
+            "--fault",
+            "binance:garbage=1",
+            "--chaos",
+            "0.05",
+        ],
+        stderr=subprocess.PIPE,
+    )
+    lines: list[str] = []
+    changed = trio.Event()
+
+    async def read_log() -> None:
+        nonlocal changed
+        assert process.stderr is not None
+        buffer = b""
+        async for chunk in process.stderr:
+            buffer += chunk
+            *complete, buffer = buffer.split(b"\n")
+            lines.extend(line.decode(errors="replace") for line in complete)
+            changed.set()
+            changed = trio.Event()
+
+    async def line_matching(pattern: str) -> re.Match[str]:
+        with trio.fail_after(15):
+            while True:
+                for line in lines:
+                    if match := re.search(pattern, line):
+                        return match
+                await changed.wait()
+
+    nursery.start_soon(read_log)
+    try:
+        url = (await line_matching(r"simulated binance at (ws://\S+)")).group(1)
+        assert await line_matching(r"fault: binance:garbage=1")
+        assert await garbage_from(f"{url}/stream?streams=ethbtc@depth5@100ms")
+        assert await line_matching(r"chaos: binance \S+")
+    finally:
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(10):
+            await process.wait()
+    assert process.returncode == 0, "\n".join(lines)
+    assert not [line for line in lines if "Traceback" in line or " ERROR " in line], lines

@@ -36,18 +36,16 @@ FAULT_KINDS: dict[str, FaultKind] = {
     "mute": FaultKind(None, "no data messages; pings, heartbeats and acks still answered"),
     "ignore-heartbeats": FaultKind(None, "leave application heartbeats unanswered (Bitstamp)"),
     "reject-subscriptions": FaultKind(None, "answer every subscription with the venue's error"),
-    "garbage": FaultKind("fraction", "replace this fraction (0..1) of data messages with junk"),
-    "max-connection-age": FaultKind("seconds", "close each connection after SECONDS"),
+    "garbage": FaultKind("fraction", "replace a fraction F (0..1) of data messages with junk"),
+    "max-connection-age": FaultKind("seconds", "close each connection S seconds after it opened"),
     # For a while, or after a while.
-    "refuse-for": FaultKind("seconds", "reset new connections for the first SECONDS"),
-    "stall-after": FaultKind("seconds", "after SECONDS, stall for good (0: at once)"),
+    "refuse-for": FaultKind("seconds", "reset new connections for the first S seconds"),
+    "stall-after": FaultKind("seconds", "stall for good after S seconds (0: at once)"),
     # Every so often.
-    "drop-every": FaultKind("seconds", "reset every connection (no close frame) every SECONDS"),
-    "close-every": FaultKind("seconds", "close every connection cleanly (1001) every SECONDS"),
-    "reconnect-every": FaultKind(
-        "seconds", "ask clients to reconnect (serverShutdown, bts:request_reconnect)"
-    ),
-    "malformed-every": FaultKind("seconds", "send one malformed message of a random kind"),
+    "drop-every": FaultKind("seconds", "every S seconds, reset all connections (no close frame)"),
+    "close-every": FaultKind("seconds", "every S seconds, close all connections cleanly (1001)"),
+    "reconnect-every": FaultKind("seconds", "every S seconds, the venue's reconnect notice"),
+    "malformed-every": FaultKind("seconds", "every S seconds, one malformed message, random kind"),
 }
 
 
@@ -55,7 +53,7 @@ def fault_help() -> str:
     """The list of kinds, for ``--help``."""
     lines = ["faults (--fault VENUE:KIND[=VALUE], repeatable):"]
     for name, kind in FAULT_KINDS.items():
-        spec = f"{name}={'SECONDS' if kind.value == 'seconds' else 'F'}" if kind.value else name
+        spec = f"{name}={'S' if kind.value == 'seconds' else 'F'}" if kind.value else name
         lines.append(f"  {spec:<24} {kind.help}")
     lines.append("  e.g. binance:garbage=0.05 bitstamp:ignore-heartbeats binance:drop-every=20")
     return "\n".join(lines)
@@ -94,7 +92,8 @@ def parse_fault(text: str, venues: Collection[str]) -> FaultSpec:
             raise ValueError(f"{text!r}: {name} takes no value")
         return FaultSpec(venue, name)
     if not equals:
-        raise ValueError(f"{text!r}: {name} needs a value ({name}={kind.value.upper()})")
+        placeholder = "SECONDS" if kind.value == "seconds" else "FRACTION"
+        raise ValueError(f"{text!r}: {name} needs a value ({name}={placeholder})")
     try:
         value = float(value_text)
     except ValueError:
