@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -158,8 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print JSON lines instead of the view")
     demo.add_argument("--count", type=_positive_int, help="exit after N summaries")
 
+    from aggtrio.simulator.faults import fault_help
+
     simulate = commands.add_parser(
-        "simulate", help="run only the simulated venues (point serve at them with --venue-url)"
+        "simulate",
+        help="run only the simulated venues (point serve at them with --venue-url)",
+        epilog=fault_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     simulate.add_argument("--host", default="127.0.0.1")
     simulate.add_argument(
@@ -169,6 +175,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="venue to simulate and its port (default binance=9001 bitstamp=9002)",
     )
     simulate.add_argument("--seed", type=int, help="seed for a reproducible market")
+    simulate.add_argument(
+        "--fault",
+        action="append",
+        metavar="VENUE:KIND[=VALUE]",
+        help="inject a fault from the start (repeatable; kinds below)",
+    )
+    simulate.add_argument(
+        "--chaos",
+        metavar="SECONDS",
+        help="every SECONDS on average, a random fault on a random venue, healed a few "
+        "seconds later (one INFO line each)",
+    )
     simulate.add_argument("--log-level", default="INFO")
     return parser
 
@@ -260,7 +278,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    from aggtrio.simulator import SIMULATORS, run_simulators
+    from aggtrio.simulator import SIMULATORS, run_chaos, run_simulators
+    from aggtrio.simulator.faults import parse_fault, run_faults
 
     venues: dict[str, int] = {}
     for text in args.venue or ["binance=9001", "bitstamp=9002"]:
@@ -272,6 +291,18 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             venues[name] = parse_port(port_text)
         except ConfigError as exc:
             raise ConfigError(f"--venue: {exc}") from None
+    faults = []
+    for text in args.fault or []:
+        try:
+            faults.append(parse_fault(text, list(venues)))
+        except ValueError as exc:
+            raise ConfigError(f"--fault: {exc}") from None
+    chaos: float | None = None
+    if args.chaos is not None:
+        try:
+            chaos = parse_seconds(args.chaos)
+        except ConfigError as exc:
+            raise ConfigError(f"--chaos: {exc}") from None
     configure_logging(parse_log_level(args.log_level))
 
     async def simulate() -> None:
@@ -283,6 +314,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             )
             for name, sim in sims.items():
                 log.info("simulated %s at %s", name, sim.url)
+            await nursery.start(run_faults, sims, faults)
+            if chaos is not None:
+                nursery.start_soon(run_chaos, sims, random.Random(args.seed), chaos)
             await _until_signalled()
             nursery.cancel_scope.cancel()
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 import attrs
 import pytest
 
+from aggtrio.simulator.faults import FAULT_KINDS
+
 TIMEOUT = 30.0  # a case that does not fail fast would be serving: stop it and fail the test
 
 
@@ -61,6 +63,22 @@ BAD_VALUES: dict[str, Case] = {
         ("simulate", "--venue", "kraken=9001"), mentions=("--venue", "kraken", "binance")
     ),
     "bad simulated port": Case(("simulate", "--venue", "binance=x"), mentions=("--venue", "x")),
+    "unknown fault": Case(
+        ("simulate", "--fault", "binance:explode"), mentions=("--fault", "explode", "mute")
+    ),
+    "fault without a venue": Case(("simulate", "--fault", "mute"), mentions=("--fault", "mute")),
+    "fault on a venue not simulated": Case(
+        ("simulate", "--venue", "binance=0", "--fault", "bitstamp:mute"),
+        mentions=("--fault", "bitstamp", "not simulated"),
+    ),
+    "bad fault value": Case(
+        ("simulate", "--fault", "binance:garbage=2"), mentions=("--fault", "garbage", "'2'")
+    ),
+    "fault value missing": Case(
+        ("simulate", "--fault", "binance:drop-every"), mentions=("--fault", "drop-every")
+    ),
+    "chaos zero": Case(("simulate", "--chaos", "0"), mentions=("--chaos", "0")),
+    "chaos not a number": Case(("simulate", "--chaos", "often"), mentions=("--chaos", "often")),
     "bad port in env": Case(
         ("serve",), env={"AGGTRIO_PORT": "abc"}, mentions=("AGGTRIO_PORT", "abc")
     ),
@@ -69,6 +87,7 @@ BAD_VALUES: dict[str, Case] = {
 OTHER: dict[str, Case] = {
     "version": Case(("--version",)),
     "serve help": Case(("serve", "--help")),
+    "simulate help": Case(("simulate", "--help")),
 }
 
 
@@ -154,3 +173,10 @@ def test_serve_help_mentions_every_flag(results: dict[str, Result]) -> None:
         "--log-level",
     ):
         assert flag in result.stdout
+
+
+def test_simulate_help_documents_faults(results: dict[str, Result]) -> None:
+    result = results["simulate help"]
+    assert result.returncode == 0, result
+    for text in ("--fault", "VENUE:KIND[=VALUE]", "--chaos", *FAULT_KINDS):
+        assert text in result.stdout

@@ -9,14 +9,17 @@ Used by ``python -m aggtrio demo``/``simulate`` and by the integration tests::
 
 from aggtrio.simulator.binance import BinanceSimulator, parse_stream, stream_name
 from aggtrio.simulator.bitstamp import BitstampSimulator, channel_name, parse_channel
+from aggtrio.simulator.chaos import Injection, run_chaos
 from aggtrio.simulator.market import Market, MovingBook, SymbolSpec, symbol_spec
 from aggtrio.simulator.runner import SIMULATORS, make_simulator, run_simulators
-from aggtrio.simulator.venue import SimBook, SimulatedVenue
+from aggtrio.simulator.venue import MALFORMED_KINDS, SimBook, SimulatedVenue
 
 __all__ = [
+    "MALFORMED_KINDS",
     "SIMULATORS",
     "BinanceSimulator",
     "BitstampSimulator",
+    "Injection",
     "Market",
     "MovingBook",
     "SimBook",
@@ -26,6 +29,7 @@ __all__ = [
     "make_simulator",
     "parse_channel",
     "parse_stream",
+    "run_chaos",
     "run_simulators",
     "stream_name",
     "symbol_spec",

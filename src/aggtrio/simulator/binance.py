@@ -14,9 +14,13 @@ Speaks what ``wss://stream.binance.com:9443`` does for ``<symbol>@depth<N>[@100m
 * A ping frame every 20 s; no pong within a minute closes the connection.
 * :meth:`BinanceSimulator.request_shutdown` announces maintenance with
   ``serverShutdown`` and closes the connections shortly after.
+* ``max_connection_age`` (real venue: 24 h, off by default) closes each connection that
+  old, with no notice (Binance documents none).
+* With ``reject_subscriptions()``: a live ``SUBSCRIBE`` gets an error reply, and a
+  handshake naming streams in its URL gets HTTP 400, as a bad stream name does.
 
-Not simulated: the 5 messages/s and 1024 streams per connection limits, the 24 h
-connection lifetime, diff-depth and all non-depth streams.
+Not simulated: the 5 messages/s and 1024 streams per connection limits, diff-depth and all
+non-depth streams.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import orjson
 import trio
 
 from aggtrio.simulator.market import Market, SymbolSpec
-from aggtrio.simulator.venue import Client, Session, SimulatedVenue
+from aggtrio.simulator.venue import Channel, Client, Rendered, Session, SimulatedVenue
 from aggtrio.symbols import InvalidSymbolError, normalize_symbol
 
 _STREAM = re.compile(r"^([a-z0-9]+)@depth(5|10|20)(?:@(100|1000)ms)?$")
@@ -92,6 +96,7 @@ class BinanceSession(Session):
         self._initial = streams
         # Insertion-ordered, so LIST_SUBSCRIPTIONS answers in subscription order.
         self.subscriptions: dict[str, trio.CancelScope] = {}
+        self.streams: dict[str, DepthStream] = {}
 
     async def opened(self, client: Client) -> None:
         if self._initial:
@@ -103,6 +108,7 @@ class BinanceSession(Session):
         if stream.name in self.subscriptions:
             return
         scope = self.subscriptions[stream.name] = trio.CancelScope()
+        self.streams[stream.name] = stream
 
         async def run() -> None:
             with scope:
@@ -112,27 +118,33 @@ class BinanceSession(Session):
 
     def _unsubscribe(self, name: str) -> None:
         scope = self.subscriptions.pop(name, None)
+        self.streams.pop(name, None)
         if scope is not None:
             scope.cancel()
 
+    def channels(self) -> list[Channel]:
+        return [_channel(stream) for stream in self.streams.values()]
+
+    def payload(self, channel: Channel, rendered: Rendered) -> dict[str, Any]:
+        return {"lastUpdateId": rendered.update_id, "bids": rendered.bids, "asks": rendered.asks}
+
+    def envelope(self, channel: Channel, payload: dict[str, Any]) -> object:
+        return {"stream": channel.name, "data": payload} if self.combined else payload
+
     async def _stream_loop(self, client: Client, stream: DepthStream) -> None:
         venue = self.venue
+        channel = _channel(stream)
         period = venue.interval if stream.fast else venue.slow_interval
         state = venue.symbol_state(stream.symbol)
         deadline = trio.current_time()
         while True:
             # Fixed cadence like the real stream; a slow client skips ticks, never queues.
+            # A frozen market still ticks (the same book again); a muted venue does not.
             deadline = max(deadline + period, trio.current_time())
             await trio.sleep_until(deadline)
+            await venue.wait_unmuted()
             rendered = venue.render(state, stream.levels)
-            payload = {
-                "lastUpdateId": rendered.update_id,
-                "bids": rendered.bids,
-                "asks": rendered.asks,
-            }
-            message = {"stream": stream.name, "data": payload} if self.combined else payload
-            venue.note_sent(stream.symbol, rendered)
-            if not await client.send(orjson.dumps(message).decode()):
+            if not await client.send_data(channel, rendered):
                 return
 
     async def received(self, client: Client, message: str | bytes) -> None:
@@ -179,6 +191,11 @@ class BinanceSession(Session):
         if method == "SUBSCRIBE":
             self.venue.subscribe_requests += 1
             streams = [_parse_param(name) for name in params]
+            if self.venue.rejecting_subscriptions:
+                self.venue.subscriptions_rejected += 1
+                # (?) The text Binance sends when it refuses a valid stream is not
+                # documented; the shape and code are those of its other request errors.
+                raise _RequestError(2, "Invalid request: subscription rejected")
             for stream in streams:
                 self._subscribe(client, stream)
             return None
@@ -205,6 +222,10 @@ class BinanceSession(Session):
         if params[0] != "combined":
             raise _RequestError(0, "Unknown property")
         return self.combined
+
+
+def _channel(stream: DepthStream) -> Channel:
+    return Channel(stream.name, stream.symbol, stream.levels)
 
 
 def _request_id(value: object) -> object:
@@ -234,6 +255,7 @@ class BinanceSimulator(SimulatedVenue):
     streams without it. ``depth``: levels the venue's book holds per side (a ``depth20``
     stream sends ``min(20, depth)``). ``updates_per_second``: average rate of book changes.
     ``shutdown_grace``: seconds between ``serverShutdown`` and closing the connection.
+    ``max_connection_age``: seconds after which a connection is closed (real venue: 24 h).
     """
 
     name = "binance"
@@ -250,9 +272,12 @@ class BinanceSimulator(SimulatedVenue):
         ping_interval: float | None = 20.0,
         pong_timeout: float = 60.0,
         shutdown_grace: float = 1.0,
+        max_connection_age: float | None = None,
     ) -> None:
         if interval <= 0 or slow_interval <= 0:
             raise ValueError("intervals must be positive")
+        if max_connection_age is not None and not max_connection_age > 0:
+            raise ValueError("max_connection_age must be positive")
         super().__init__(
             market,
             seed=seed,
@@ -260,6 +285,7 @@ class BinanceSimulator(SimulatedVenue):
             updates_per_second=updates_per_second,
             ping_interval=ping_interval,
             pong_timeout=pong_timeout,
+            max_connection_age=max_connection_age,
         )
         self.interval = interval
         self.slow_interval = slow_interval
@@ -288,6 +314,9 @@ class BinanceSimulator(SimulatedVenue):
                 return 400
             if stream not in streams:
                 streams.append(stream)
+        if streams and self.rejecting_subscriptions:
+            self.subscriptions_rejected += 1
+            return 400
         return BinanceSession(self, combined=combined, streams=streams)
 
     async def request_shutdown(self, grace: float | None = None) -> None:

@@ -11,6 +11,8 @@ Speaks what ``wss://ws.bitstamp.net`` does:
   with the top 100 levels per side as strings, sent only when the book changed: a quiet
   (frozen or pinned) book is silent, as on the real venue.
 * :meth:`BitstampSimulator.request_reconnect` sends ``bts:request_reconnect``.
+* With ``reject_subscriptions()``, ``bts:subscribe`` gets ``bts:error``; with
+  ``ignore_heartbeats()``, ``bts:heartbeat`` gets nothing.
 
 The simulator sends the current book right after the subscription ack (the real venue
 sends it at the next change, which on a liquid pair is within milliseconds); pass
@@ -23,18 +25,21 @@ from __future__ import annotations
 import re
 import time
 import urllib.parse
+from typing import Any
 
 import orjson
 import trio
 
 from aggtrio.simulator.market import Market
-from aggtrio.simulator.venue import Client, Session, SimulatedVenue
+from aggtrio.simulator.venue import Channel, Client, Rendered, Session, SimulatedVenue
 from aggtrio.symbols import InvalidSymbolError, normalize_symbol
 
 _CHANNEL = re.compile(r"^order_book_([a-z0-9]+)$")
 _BAD_JSON = "Incorrect JSON format."
 # (?) The exact text Bitstamp sends for an unknown channel is not documented.
 _BAD_CHANNEL = "Bad subscription string."
+# (?) Nor is the text for refusing a valid channel: same shape, a message saying why.
+_REJECTED = "Subscription rejected."
 
 
 def channel_name(symbol: str) -> str:
@@ -67,6 +72,22 @@ class BitstampSession(Session):
     def __init__(self, venue: BitstampSimulator) -> None:
         self.venue = venue
         self.subscriptions: dict[str, trio.CancelScope] = {}
+        self._channels: dict[str, Channel] = {}
+
+    def channels(self) -> list[Channel]:
+        return list(self._channels.values())
+
+    def payload(self, channel: Channel, rendered: Rendered) -> dict[str, Any]:
+        now_us = time.time_ns() // 1000
+        return {
+            "timestamp": str(now_us // 1_000_000),
+            "microtimestamp": str(now_us),
+            "bids": rendered.bids,
+            "asks": rendered.asks,
+        }
+
+    def envelope(self, channel: Channel, payload: dict[str, Any]) -> object:
+        return {"event": "data", "channel": channel.name, "data": payload}
 
     async def received(self, client: Client, message: str | bytes) -> None:
         try:
@@ -79,6 +100,9 @@ class BitstampSession(Session):
             return
         event = request.get("event")
         if event == "bts:heartbeat":
+            if self.venue.ignoring_heartbeats:
+                self.venue.heartbeats_ignored += 1
+                return
             await client.send(_event("bts:heartbeat", "", {"status": "success"}))
             return
         if event not in ("bts:subscribe", "bts:unsubscribe"):
@@ -97,25 +121,31 @@ class BitstampSession(Session):
             return
         if event == "bts:unsubscribe":
             scope = self.subscriptions.pop(channel, None)
+            self._channels.pop(channel, None)
             if scope is not None:
                 scope.cancel()
             await client.send(_event("bts:unsubscription_succeeded", channel, {}))
+            return
+        if self.venue.rejecting_subscriptions:
+            self.venue.subscriptions_rejected += 1
+            await client.send(_error(_REJECTED))
             return
         # The ack goes out before the channel task starts, so it always precedes the data.
         if not await client.send(_event("bts:subscription_succeeded", channel, {})):
             return
         if channel not in self.subscriptions:
             scope = self.subscriptions[channel] = trio.CancelScope()
+            subscribed = self._channels[channel] = Channel(channel, symbol, self.venue.depth)
 
             async def run() -> None:
                 with scope:
-                    await self._channel_loop(client, channel, symbol)
+                    await self._channel_loop(client, subscribed)
 
             client.start_soon(run)
 
-    async def _channel_loop(self, client: Client, channel: str, symbol: str) -> None:
+    async def _channel_loop(self, client: Client, channel: Channel) -> None:
         venue = self.venue
-        state = venue.symbol_state(symbol)
+        state = venue.symbol_state(channel.symbol)
         if not venue.snapshot_on_subscribe:
             venue.render(state, venue.depth)  # create the book, so "changed" means a change
         last_version = -1 if venue.snapshot_on_subscribe else state.version
@@ -125,17 +155,11 @@ class BitstampSession(Session):
             if state.version == last_version:
                 await changed.wait()
                 continue
-            rendered = venue.render(state, venue.depth)
+            # Muted, the newest book goes out on unmute (if it changed meanwhile).
+            await venue.wait_unmuted()
+            rendered = venue.render(state, channel.depth)
             last_version = rendered.version
-            now_us = time.time_ns() // 1000
-            data = {
-                "timestamp": str(now_us // 1_000_000),
-                "microtimestamp": str(now_us),
-                "bids": rendered.bids,
-                "asks": rendered.asks,
-            }
-            venue.note_sent(symbol, rendered)
-            if not await client.send(_event("data", channel, data)):
+            if not await client.send_data(channel, rendered):
                 return
 
 
