@@ -22,8 +22,8 @@ from collections.abc import Callable
 import attrs
 import trio
 import trio_websocket
+import wsproto.utilities
 
-from aggtrio.exception_groups import single_leaf
 from aggtrio.model import BookEvent, VenueBook, VenueDown
 from aggtrio.venues.base import (
     CrossedBookError,
@@ -33,6 +33,7 @@ from aggtrio.venues.base import (
     VenueAdapter,
     VenueError,
 )
+from aggtrio.websocket import AbandonConnection, HandshakeFailedError, open_client_websocket
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,8 @@ class ConnectionEnded:
     stale: bool = False
 
 
-class StaleFeedError(Exception):
-    """Nothing arrived within the liveness timeout."""
+class StaleFeedError(AbandonConnection):
+    """Nothing arrived within the liveness timeout (no close handshake: nobody answers)."""
 
 
 class TooMuchGarbageError(Exception):
@@ -149,8 +150,38 @@ class _HandedOver(Exception):
 UNEXPECTED = "unexpected error"
 
 
-def _why_connection_ended(exc: BaseException) -> str | None:
-    """A one-line reason for the log, or None for what must propagate (our cancellation)."""
+# Our own reasons for ending a connection: when one is among the errors a close produced,
+# it is the one to report.
+_OWN_REASONS = (_HandedOver, _ReconnectNow, StaleFeedError, TooMuchGarbageError)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _main_cause(exc: BaseException) -> BaseException | None:
+    """The error that explains why a connection ended, or None when we are being cancelled.
+
+    Closing a connection can add errors of its own beside the real cause (trio-websocket's
+    reader failing on a ping that races our close frame, #184), so the cause is picked by
+    kind: our own reasons first, then anything that is not a cancellation.
+    """
+    leaves = _leaves(exc)
+    if any(isinstance(leaf, trio.Cancelled) for leaf in leaves) and (
+        trio.current_effective_deadline() == -float("inf")
+    ):
+        return None  # our scope is cancelled: shutting down
+    for kinds in (_OWN_REASONS, (Exception,)):
+        for leaf in leaves:
+            if isinstance(leaf, kinds):
+                return leaf
+    return leaves[0]
+
+
+def _why_connection_ended(exc: BaseException) -> str:
+    """A one-line reason for the log (UNEXPECTED for errors nobody anticipated)."""
     if isinstance(exc, _HandedOver):
         return "handed over to a new connection"
     if isinstance(exc, _ReconnectNow):
@@ -163,22 +194,21 @@ def _why_connection_ended(exc: BaseException) -> str | None:
         return f"connection closed ({exc.reason})"
     if isinstance(exc, trio_websocket.ConnectionRejected):
         return f"handshake rejected with HTTP {exc.status_code}"
-    if isinstance(exc, trio_websocket.HandshakeError):
+    if isinstance(exc, (trio_websocket.HandshakeError, HandshakeFailedError)):
         cause = exc.__cause__ or exc.__context__
-        return f"connection failed: {cause or type(exc).__name__}"
+        return f"connection failed: {cause or exc or type(exc).__name__}"
+    if isinstance(exc, trio.TooSlowError):
+        return "connection failed: no WebSocket handshake within the connect timeout"
     if isinstance(exc, (OSError, trio.BrokenResourceError)):
         return f"connection failed: {exc or type(exc).__name__}"
+    if isinstance(exc, wsproto.utilities.LocalProtocolError):
+        return "connection aborted by trio-websocket (#184)"
     if isinstance(exc, trio.Cancelled):
-        if trio.current_effective_deadline() != -float("inf"):
-            # trio-websocket #184: closing into a ping leaks a Cancelled that is not ours
-            # when the session ended without an exception. Ours always ends by raising,
-            # which open_websocket keeps instead; this is the second line of defence.
-            # tests/integration/test_websocket_close_bug.py reproduces it.
-            return "connection aborted by trio-websocket"
-        return None
-    if isinstance(exc, Exception):
-        return UNEXPECTED
-    return None
+        # A Cancelled that is not ours: trio-websocket #184 leaks one when a close races
+        # a ping. Treating it as a lost connection keeps the loop alive.
+        # tests/integration/test_websocket_close_bug.py reproduces it.
+        return "connection aborted by trio-websocket"
+    return UNEXPECTED
 
 
 class _RateLimitedLog:
@@ -245,6 +275,7 @@ class Feed:
         garbage_limit: GarbageLimit | None = None,
         rotate_after: float | None = None,
         handover_timeout: float = HANDOVER_TIMEOUT,
+        connect_timeout: float = CONNECT_TIMEOUT,
         rng: random.Random | None = None,
     ) -> None:
         self.adapter = adapter
@@ -256,6 +287,7 @@ class Feed:
         default_rotation = None if age is None else max(age - ROTATE_MARGIN, age / 2)
         self.rotate_after = rotate_after or default_rotation
         self.handover_timeout = handover_timeout
+        self.connect_timeout = connect_timeout
         self.stats = FeedStats(adapter.name)
         self._events = events
         self._rng = rng or random.Random()
@@ -324,26 +356,34 @@ class Feed:
     async def _connect_once(self, connection: _Connection) -> ConnectionEnded:
         """Run one connection to its end; say why it ended. Never raises but Cancelled."""
         try:
-            async with trio_websocket.open_websocket_url(
+            async with open_client_websocket(
                 self.url,
+                connect_timeout=self.connect_timeout,
+                disconnect_timeout=DISCONNECT_TIMEOUT,
                 message_queue_size=MESSAGE_QUEUE_SIZE,
                 max_message_size=MAX_MESSAGE_SIZE,
-                receive_buffer_size=None,
-                connect_timeout=CONNECT_TIMEOUT,
-                disconnect_timeout=DISCONNECT_TIMEOUT,
             ) as ws:
-                await self._session(connection, ws)
+                try:
+                    await self._session(connection, ws)
+                except BaseException as exc:
+                    # Out of the book now, not after the close handshake.
+                    cause = _main_cause(exc)
+                    if cause is not None:
+                        await self._report_down(connection, _why_connection_ended(cause))
+                    raise
         except BaseException as exc:
-            leaf = single_leaf(exc)
-            reason = _why_connection_ended(leaf)
-            if reason is None:
+            leaf = _main_cause(exc)
+            if leaf is None:
+                # We are being cancelled: pass on the cancellation alone, not the errors
+                # that closing the connection produced beside it.
+                if isinstance(exc, BaseExceptionGroup):
+                    cancelled, _rest = exc.split(trio.Cancelled)
+                    if cancelled is not None:
+                        raise cancelled from None
                 raise
+            reason = _why_connection_ended(leaf)
             if reason == UNEXPECTED:
                 log.error("%s: unexpected error; reconnecting", self.venue, exc_info=exc)
-            if isinstance(leaf, StaleFeedError):
-                self.stats.stalls += 1
-            elif isinstance(leaf, TooMuchGarbageError):
-                self.stats.garbage_recycles += 1
             orderly = isinstance(leaf, (_ReconnectNow, _HandedOver))
             return ConnectionEnded(reason, orderly, stale=isinstance(leaf, StaleFeedError))
         return ConnectionEnded("connection ended", orderly=False)
@@ -404,6 +444,7 @@ class Feed:
             with trio.move_on_after(timeout) as wait:
                 message = await ws.get_message()
             if wait.cancelled_caught:
+                stats.stalls += 1
                 raise StaleFeedError(f"no message for {timeout:g}s")
             recv_ns = time.time_ns()
             stats.messages += 1
@@ -418,7 +459,11 @@ class Feed:
                     log.warning,
                     f"{self.venue}: malformed message ({exc}): {str(message)[:SAMPLE_CHARS]!r}",
                 )
-                connection.note_garbage()
+                try:
+                    connection.note_garbage()
+                except TooMuchGarbageError:
+                    stats.garbage_recycles += 1
+                    raise
                 continue
             for event in events:
                 if isinstance(event, VenueBook):
