@@ -134,10 +134,12 @@ def test_fewer_levels_than_depth_are_kept_as_they_are(wire: Wire) -> None:
     assert events == [VenueBook("binance", "ETHBTC", as_floats(bids), as_floats(asks), RECV_NS)]
 
 
-def test_an_empty_side_is_a_valid_book(wire: Wire) -> None:
-    bids = bid_side(3)
-    events = adapter().handle_message(wire(depth_message(bids, [])), RECV_NS)
-    assert events == [VenueBook("binance", "ETHBTC", as_floats(bids), (), RECV_NS)]
+@pytest.mark.parametrize("sides", ["no asks", "no bids", "neither"])
+def test_an_empty_or_one_sided_book_is_malformed(wire: Wire, sides: str) -> None:
+    bids = [] if sides in ("no bids", "neither") else bid_side(3)
+    asks = [] if sides in ("no asks", "neither") else ask_side(3)
+    with pytest.raises(MalformedMessageError, match=r"one-sided|no bids or asks"):
+        adapter().handle_message(wire(depth_message(bids, asks)), RECV_NS)
 
 
 # --- unchanged pushes are dropped -------------------------------------------------------------

@@ -135,11 +135,12 @@ def test_fewer_levels_than_depth_are_kept_as_they_are(wire: Wire) -> None:
     ]
 
 
-def test_an_empty_side_is_a_valid_book(wire: Wire) -> None:
-    asks = ask_side(2)
-    assert adapter().handle_message(wire(data_message([], asks)), RECV_NS) == [
-        VenueBook("bitstamp", "ETHBTC", (), as_floats(asks), RECV_NS)
-    ]
+@pytest.mark.parametrize("sides", ["no asks", "no bids", "neither"])
+def test_an_empty_or_one_sided_book_is_malformed(wire: Wire, sides: str) -> None:
+    bids = [] if sides in ("no bids", "neither") else bid_side(2)
+    asks = [] if sides in ("no asks", "neither") else ask_side(2)
+    with pytest.raises(MalformedMessageError, match=r"one-sided|no bids or asks"):
+        adapter().handle_message(wire(data_message(bids, asks)), RECV_NS)
 
 
 # --- control events ---------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from aggtrio.server import OrderbookService
 
 
 def summary(arrival: int) -> PublishedSummary:
-    return PublishedSummary("ETHBTC", (), (), float("nan"), arrival, b"payload %d" % arrival)
+    return PublishedSummary("ETHBTC", (), (), float("nan"), arrival, (), b"payload %d" % arrival)
 
 
 def service(**options: float) -> tuple[OrderbookService, dict[str, Broadcast[PublishedSummary]]]:

@@ -274,9 +274,9 @@ def test_header_shows_live_venues_and_the_ones_that_dropped_out() -> None:
     text = to_text(render_view(state, T0))
     assert "live venues: binance bitstamp" in text
     assert "down" not in text
-    state.record(book([("binance", 2.0, 1.0)], bids, live=("binance",)), T0 + S)
+    state.record(book([("binance", 2.0, 1.0)], bids, arrival=T0 + S, live=("binance",)), T0 + S)
     assert "live venues: binance  down: bitstamp" in to_text(render_view(state, T0 + S))
-    state.record(book([], [], live=()), T0 + 2 * S)
+    state.record(book([], [], arrival=T0 + 2 * S, live=()), T0 + 2 * S)
     assert "live venues: —  down: binance bitstamp" in to_text(render_view(state, T0 + 2 * S))
 
 

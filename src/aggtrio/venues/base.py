@@ -136,9 +136,16 @@ def parse_side(raw: object, depth: int, *, descending: bool, side: str) -> tuple
     return tuple(levels)
 
 
-def check_not_crossed(bids: tuple[PriceLevel, ...], asks: tuple[PriceLevel, ...]) -> None:
-    """A venue whose own best bid reaches its best ask is sending a broken book."""
-    if bids and asks and bids[0][0] >= asks[0][0]:
+def check_book(bids: tuple[PriceLevel, ...], asks: tuple[PriceLevel, ...]) -> None:
+    """A venue's whole top of book must have both sides and must not cross itself.
+
+    The pairs served are liquid: an empty side is a broken message, not a market.
+    """
+    if not bids or not asks:
+        raise MalformedMessageError(
+            "book has no bids or asks" if not bids and not asks else "book is one-sided"
+        )
+    if bids[0][0] >= asks[0][0]:
         raise CrossedBookError(
             f"book is crossed: best bid {bids[0][0]!r} >= best ask {asks[0][0]!r}"
         )

@@ -17,7 +17,7 @@ from aggtrio.venues.base import (
     ReconnectRequested,
     VenueAdapter,
     VenueError,
-    check_not_crossed,
+    check_book,
     load_json_object,
     parse_side,
 )
@@ -69,7 +69,7 @@ class BinanceAdapter(VenueAdapter):
             return []
         bids = parse_side(raw_bids, self.depth, descending=True, side="bids")
         asks = parse_side(raw_asks, self.depth, descending=False, side="asks")
-        check_not_crossed(bids, asks)
+        check_book(bids, asks)
         self._last_raw[symbol] = raw_top
         return [VenueBook(self.name, symbol, bids, asks, recv_ns)]
 

@@ -19,7 +19,7 @@ from aggtrio.venues.base import (
     Subscribed,
     VenueAdapter,
     VenueError,
-    check_not_crossed,
+    check_book,
     load_json_object,
     parse_side,
 )
@@ -82,5 +82,5 @@ class BitstampAdapter(VenueAdapter):
             raise MalformedMessageError("data message without a data object")
         bids = parse_side(data.get("bids"), self.depth, descending=True, side="bids")
         asks = parse_side(data.get("asks"), self.depth, descending=False, side="asks")
-        check_not_crossed(bids, asks)
+        check_book(bids, asks)
         return VenueBook(self.name, symbol, bids, asks, recv_ns)
