@@ -43,15 +43,16 @@ class PingOnCloseVenue:
 
     connections: int = 0
     pings_on_close: int = 0
-    # Per connection: an event that makes it send serverShutdown, and one that silences it.
+    # Per connection: an event that makes it send serverShutdown, and one that turns its
+    # books into garbage.
     shutdown: list[trio.Event] = attrs.field(factory=list)
-    silence: list[trio.Event] = attrs.field(factory=list)
+    garbage: list[trio.Event] = attrs.field(factory=list)
 
     async def handle(self, stream: trio.SocketStream) -> None:
         index = self.connections
         self.connections += 1
         self.shutdown.append(trio.Event())
-        self.silence.append(trio.Event())
+        self.garbage.append(trio.Event())
         ws = WSConnection(ConnectionType.SERVER)
         lock = trio.Lock()
         close: CloseConnection | None = None
@@ -62,9 +63,10 @@ class PingOnCloseVenue:
 
         async def flood() -> None:
             n = 0
-            while not self.silence[index].is_set():
+            while True:
                 n += 1
-                await send(ws.send(TextMessage(depth_message(n))))
+                text = "{not json" if self.garbage[index].is_set() else depth_message(n)
+                await send(ws.send(TextMessage(text)))
                 await trio.sleep(0.002)
 
         async def announce_shutdown() -> None:
@@ -158,12 +160,12 @@ async def test_the_feed_survives_closing_into_a_ping_on_every_handover(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-async def test_the_feed_survives_closing_a_stale_connection_into_a_ping(
+async def test_the_feed_survives_recycling_a_garbage_connection_into_a_ping(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     venue, url = await start_venue(nursery)
     send, receive = trio.open_memory_channel[BookEvent](1024)
-    feed = Feed(BinanceAdapter(["ETHBTC"], 10), url, send, liveness_timeout=0.3)
+    feed = Feed(BinanceAdapter(["ETHBTC"], 10), url, send)
     nursery.start_soon(feed.run)
     books = 0
 
@@ -177,10 +179,10 @@ async def test_the_feed_survives_closing_a_stale_connection_into_a_ping(
         for cycle in range(3):
             await wait_for_count(lambda: venue.connections, cycle + 1)
             await wait_for(lambda: feed.stats.state is FeedState.LIVE)
-            venue.silence[cycle].set()  # stale after 0.3 s: we close, the venue pings
+            venue.garbage[cycle].set()  # past the garbage limit we close, the venue pings
             await wait_for_count(lambda: venue.pings_on_close, cycle + 1)
         await wait_for(lambda: venue.connections == 4 and feed.stats.state is FeedState.LIVE)
-    assert feed.stats.stalls == 3
+    assert feed.stats.garbage_recycles == 3
     seen = books
     await trio.sleep(0.2)
     assert books > seen
