@@ -151,6 +151,28 @@ async def test_backoff_resets_after_a_stable_connection(nursery: trio.Nursery) -
 # --- stalls ----------------------------------------------------------------------------
 
 
+async def test_a_venue_that_never_answers_the_handshake_costs_one_connect_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    venue = BinanceSimulator(Market(seed=11), seed=11)
+    await nursery.start(venue.serve)
+    venue.stall()  # TCP accepted, handshake never answered
+    send, _receive = trio.open_memory_channel[BookEvent](16)
+    backoff = Backoff(initial=0.1, maximum=0.1)
+    feed = Feed(
+        BinanceAdapter(["ETHBTC"], 10), venue.url, send, backoff=backoff, connect_timeout=0.5
+    )
+    nursery.start_soon(feed.run)
+    await trio.sleep(2.2)
+    # Attempts 0.5 s (+ up to 0.1 s backoff) apart: trio-websocket's own opener would still
+    # be waiting on the first one.
+    assert 3 <= len(venue.connection_attempts_at) <= 5
+    venue.unstall()
+    with trio.fail_after(3):
+        await wait_until(lambda: feed.stats.state is FeedState.LIVE)
+
+
+
 @pytest.mark.parametrize("venue", VENUES)
 async def test_a_stalled_venue_is_declared_stale_removed_and_replaced(
     nursery: trio.Nursery, simulators: dict[str, SimulatedVenue], venue: str
