@@ -172,7 +172,6 @@ async def test_a_venue_that_never_answers_the_handshake_costs_one_connect_timeou
         await wait_until(lambda: feed.stats.state is FeedState.LIVE)
 
 
-
 @pytest.mark.parametrize("venue", VENUES)
 async def test_a_stalled_venue_is_declared_stale_removed_and_replaced(
     nursery: trio.Nursery, simulators: dict[str, SimulatedVenue], venue: str
