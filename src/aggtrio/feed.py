@@ -301,10 +301,6 @@ class Feed:
     def venue(self) -> str:
         return self.adapter.name
 
-    @property
-    def live_symbols(self) -> frozenset[str]:
-        return frozenset(self._owners)
-
     def _set_state(self, state: FeedState, detail: str = "") -> None:
         if state is not self.stats.state:
             self.stats.state = state

@@ -149,6 +149,31 @@ async def test_bitstamp_request_reconnect_resubscribes_before_dropping_the_old_c
     assert feed.stats.handovers == 1
 
 
+async def test_a_handover_whose_new_connection_fails_keeps_the_old_one_until_its_timeout(
+    nursery: trio.Nursery,
+) -> None:
+    venue = BinanceSimulator(Market(seed=12), seed=12, shutdown_grace=5.0)
+    await nursery.start(venue.serve)
+    send, receive = trio.open_memory_channel[BookEvent](64)
+    feed = Feed(BinanceAdapter(["ETHBTC"], 10), venue.url, send, handover_timeout=1.0)
+    nursery.start_soon(feed.run)
+    with trio.fail_after(5):
+        await next_event(receive, VenueBook)
+    venue.refuse()  # the successor cannot connect
+    asked_at = trio.current_time()
+    await venue.request_shutdown()
+    with trio.fail_after(3):
+        down = await next_event(receive, VenueDown)
+    # The old connection served on for the handover timeout, then gave up on its successor.
+    assert 0.9 <= trio.current_time() - asked_at < 2.0
+    assert isinstance(down, VenueDown)
+    assert "not live in time" in down.reason
+    assert venue.connections_refused >= 1
+    venue.refuse(False)
+    with trio.fail_after(5):
+        await next_event(receive, VenueBook)
+
+
 async def test_a_connection_near_its_age_limit_is_replaced_without_a_gap(
     nursery: trio.Nursery,
 ) -> None:
