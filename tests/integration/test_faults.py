@@ -38,7 +38,10 @@ async def start_service(
     sims: dict[str, SimulatedVenue],
     *,
     liveness_timeout: float | None = None,
+    wait_all_live: bool = False,
 ) -> RunningService:
+    """The service against `sims`; with `wait_all_live`, once every venue carries every
+    symbol."""
     config = ServeConfig(
         port=0,
         symbols=SYMBOLS,
@@ -46,6 +49,9 @@ async def start_service(
         liveness_timeout=liveness_timeout,
     )
     service: RunningService = await nursery.start(functools.partial(run_service, config))
+    if wait_all_live:
+        for symbol in SYMBOLS:
+            await all_live(service, symbol)
     return service
 
 
@@ -77,9 +83,7 @@ def matches_the_simulators(summary: Summary, sims: dict[str, SimulatedVenue], sy
 async def test_a_dropped_venue_leaves_the_book_within_1s_and_comes_back_on_every_symbol(
     nursery: trio.Nursery, simulators: dict[str, SimulatedVenue], venue: str
 ) -> None:
-    service = await start_service(nursery, simulators)
-    for symbol in SYMBOLS:
-        await all_live(service, symbol)
+    service = await start_service(nursery, simulators, wait_all_live=True)
     sim = simulators[venue]
     subscribed = sim.subscribe_requests
     dropped_at = trio.current_time()
@@ -329,9 +333,7 @@ async def test_a_cross_between_venues_is_a_negative_spread_not_an_error(
 async def test_an_orderly_reconnect_never_takes_the_venue_out_of_the_book(
     nursery: trio.Nursery, simulators: dict[str, SimulatedVenue], venue: str
 ) -> None:
-    service = await start_service(nursery, simulators)
-    for symbol in SYMBOLS:
-        await all_live(service, symbol)
+    service = await start_service(nursery, simulators, wait_all_live=True)
     sim = simulators[venue]
     missing: list[Summary] = []
 
