@@ -191,7 +191,11 @@ def _why_connection_ended(exc: BaseException) -> str:
     if isinstance(exc, TooMuchGarbageError):
         return f"recycled: {exc}"
     if isinstance(exc, trio_websocket.ConnectionClosed):
-        return f"connection closed ({exc.reason})"
+        close = exc.reason
+        if close is None:
+            return "connection closed"
+        detail = f" {close.reason}" if close.reason else ""
+        return f"connection closed ({close.code} {close.name}{detail})"
     if isinstance(exc, trio_websocket.ConnectionRejected):
         return f"handshake rejected with HTTP {exc.status_code}"
     if isinstance(exc, (trio_websocket.HandshakeError, HandshakeFailedError)):
