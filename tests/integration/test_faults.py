@@ -12,7 +12,6 @@ import functools
 import itertools
 import math
 import random
-from collections.abc import Callable
 
 import pytest
 import trio
@@ -21,12 +20,12 @@ from aggtrio._proto.orderbook_pb2 import Summary
 from aggtrio.app import RunningService, run_service
 from aggtrio.config import ServeConfig
 from aggtrio.feed import Backoff, Feed, FeedState
-from aggtrio.model import BookEvent, VenueDown
+from aggtrio.model import VenueDown
 from aggtrio.simulator import BinanceSimulator, BitstampSimulator, Market, SimulatedVenue
 from aggtrio.simulator.venue import MALFORMED_KINDS
 from aggtrio.venues.binance import BinanceAdapter
-from aggtrio.venues.bitstamp import BitstampAdapter
 
+from .feeds import FastHeartbeat, next_event, start_feed, wait_until
 from .harness import first_summary, levels, naive_merge, purerpc_stream
 
 SYMBOLS = ("ETHBTC", "BTCUSDT")
@@ -53,11 +52,6 @@ async def start_service(
         for symbol in SYMBOLS:
             await all_live(service, symbol)
     return service
-
-
-async def wait_until(condition: Callable[[], bool]) -> None:
-    while not condition():  # noqa: ASYNC110 - polling state that other tasks own
-        await trio.sleep(0.01)
 
 
 async def all_live(service: RunningService, symbol: str = "ETHBTC", within: float = 10) -> Summary:
@@ -107,11 +101,11 @@ async def test_a_refusing_venue_is_retried_with_capped_jittered_exponential_back
     venue = BinanceSimulator(Market(seed=6), seed=6)
     await nursery.start(venue.serve)
     venue.refuse()
-    send, _receive = trio.open_memory_channel[BookEvent](16)
     backoff = Backoff(initial=0.2, maximum=0.8, stable_after=30)
     rng = random.Random(1)
-    feed = Feed(BinanceAdapter(["ETHBTC"], 10), venue.url, send, backoff=backoff, rng=rng)
-    nursery.start_soon(feed.run)
+    feed, _receive = start_feed(
+        nursery, BinanceAdapter(["ETHBTC"], 10), venue.url, backoff=backoff, rng=rng
+    )
     await trio.sleep(4.0)
     attempts = venue.connection_attempts_at
     gaps = [b - a for a, b in itertools.pairwise(attempts)]
@@ -132,10 +126,8 @@ async def test_backoff_resets_after_a_stable_connection(nursery: trio.Nursery) -
     venue = BinanceSimulator(Market(seed=8), seed=8)
     await nursery.start(venue.serve)
     venue.refuse()
-    send, receive = trio.open_memory_channel[BookEvent](256)
     backoff = Backoff(initial=0.8, maximum=0.8, stable_after=1.0)
-    feed = Feed(BinanceAdapter(["ETHBTC"], 10), venue.url, send, backoff=backoff)
-    nursery.start_soon(feed.run)
+    feed, receive = start_feed(nursery, BinanceAdapter(["ETHBTC"], 10), venue.url, backoff=backoff)
     with trio.fail_after(5):
         await wait_until(lambda: venue.connections_refused >= 3)  # backing off 0.4-0.8 s now
     venue.refuse(False)
@@ -161,12 +153,10 @@ async def test_a_venue_that_never_answers_the_handshake_costs_one_connect_timeou
     venue = BinanceSimulator(Market(seed=11), seed=11)
     await nursery.start(venue.serve)
     venue.stall()  # TCP accepted, handshake never answered
-    send, _receive = trio.open_memory_channel[BookEvent](16)
     backoff = Backoff(initial=0.1, maximum=0.1)
-    feed = Feed(
-        BinanceAdapter(["ETHBTC"], 10), venue.url, send, backoff=backoff, connect_timeout=0.5
+    feed, _receive = start_feed(
+        nursery, BinanceAdapter(["ETHBTC"], 10), venue.url, backoff=backoff, connect_timeout=0.5
     )
-    nursery.start_soon(feed.run)
     await trio.sleep(2.2)
     # Attempts 0.5 s (+ up to 0.1 s backoff) apart: trio-websocket's own opener would still
     # be waiting on the first one.
@@ -199,17 +189,15 @@ async def test_binance_data_stopping_is_stale_even_while_pings_are_answered(
 ) -> None:
     venue = BinanceSimulator(Market(seed=9), seed=9, ping_interval=0.1)
     await nursery.start(venue.serve)
-    send, receive = trio.open_memory_channel[BookEvent](256)
-    feed = Feed(BinanceAdapter(["ETHBTC"], 10), venue.url, send, liveness_timeout=0.6)
-    nursery.start_soon(feed.run)
+    feed, receive = start_feed(
+        nursery, BinanceAdapter(["ETHBTC"], 10), venue.url, liveness_timeout=0.6
+    )
     with trio.fail_after(5):
         await wait_until(lambda: feed.stats.state is FeedState.LIVE)
     venue.mute()  # the 100 ms pushes stop; WebSocket pings keep coming and being answered
     muted_at = trio.current_time()
     with trio.fail_after(3):
-        async for event in receive:
-            if isinstance(event, VenueDown):
-                break
+        event = await next_event(receive, VenueDown)
     # The timeout runs from the last push, up to 100 ms before the mute.
     assert 0.45 <= trio.current_time() - muted_at < 1.2
     assert "stale" in event.reason
@@ -219,13 +207,9 @@ async def test_binance_data_stopping_is_stale_even_while_pings_are_answered(
 async def test_bitstamp_without_data_or_heartbeat_replies_is_stale(nursery: trio.Nursery) -> None:
     venue = BitstampSimulator(Market(seed=10), seed=10)
     await nursery.start(venue.serve)
-    send, receive = trio.open_memory_channel[BookEvent](256)
-
-    class FastHeartbeat(BitstampAdapter):
-        heartbeat_interval = 0.2
-
-    feed = Feed(FastHeartbeat(["ETHBTC"], 10), venue.url, send, liveness_timeout=0.6)
-    nursery.start_soon(feed.run)
+    feed, receive = start_feed(
+        nursery, FastHeartbeat(["ETHBTC"], 10), venue.url, liveness_timeout=0.6
+    )
     with trio.fail_after(5):
         await wait_until(lambda: feed.stats.state is FeedState.LIVE)
     venue.mute()  # quiet book, heartbeats still answered: healthy
@@ -234,9 +218,7 @@ async def test_bitstamp_without_data_or_heartbeat_replies_is_stale(nursery: trio
     assert feed.stats.state is FeedState.LIVE
     venue.ignore_heartbeats()  # now nothing at all arrives
     with trio.fail_after(3):
-        async for event in receive:
-            if isinstance(event, VenueDown):
-                break
+        await next_event(receive, VenueDown)
     assert feed.stats.stalls == 1
 
 

@@ -3,24 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import trio
 import trio_websocket
 
-from aggtrio.feed import Backoff, Feed, FeedState
+from aggtrio.feed import Backoff, FeedState
 from aggtrio.model import BookEvent, VenueBook, VenueDown
 from aggtrio.simulator import BinanceSimulator, BitstampSimulator, Market
 from aggtrio.venues.binance import BinanceAdapter
 from aggtrio.venues.bitstamp import BitstampAdapter
 
-
-async def next_event(events: trio.MemoryReceiveChannel[BookEvent], kind: type) -> BookEvent:
-    """The next event of `kind`, skipping others."""
-    async for event in events:
-        if isinstance(event, kind):
-            return event
-    raise AssertionError("channel closed")
+from .feeds import FastHeartbeat, next_event, start_feed, wait_until
 
 
 async def test_a_silent_venue_is_declared_stale_and_replaced(nursery: trio.Nursery) -> None:
@@ -40,14 +33,12 @@ async def test_a_silent_venue_is_declared_stale_and_replaced(nursery: trio.Nurse
     server = await nursery.start(
         functools.partial(trio_websocket.serve_websocket, handler, "127.0.0.1", 0, ssl_context=None)
     )
-    send, receive = trio.open_memory_channel[BookEvent](16)
-    feed = Feed(
+    feed, receive = start_feed(
+        nursery,
         BinanceAdapter(["ETHBTC"], 10),
         f"ws://127.0.0.1:{server.port}",
-        send,
         liveness_timeout=0.5,
     )
-    nursery.start_soon(feed.run)
     with trio.fail_after(5):
         book = await next_event(receive, VenueBook)
         silent_since = trio.current_time()
@@ -69,13 +60,9 @@ async def test_a_quiet_bitstamp_book_is_not_stale_while_heartbeats_are_answered(
     venue = BitstampSimulator(Market(seed=3), seed=3)
     await nursery.start(venue.serve)
     venue.freeze()  # no book changes: Bitstamp sends nothing but heartbeat replies
-    send, receive = trio.open_memory_channel[BookEvent](16)
-
-    class FastHeartbeat(BitstampAdapter):
-        heartbeat_interval = 0.2
-
-    feed = Feed(FastHeartbeat(["ETHBTC"], 10), venue.url, send, liveness_timeout=0.6)
-    nursery.start_soon(feed.run)
+    feed, receive = start_feed(
+        nursery, FastHeartbeat(["ETHBTC"], 10), venue.url, liveness_timeout=0.6
+    )
     with trio.fail_after(5):
         await next_event(receive, VenueBook)
     await trio.sleep(2.0)  # more than three liveness timeouts of book silence
@@ -95,18 +82,13 @@ async def events_for(
     return seen
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    while not condition():  # noqa: ASYNC110 - polling counters the venue task owns
-        await trio.sleep(0.01)
-
-
 async def test_binance_server_shutdown_hands_over_without_a_gap(nursery: trio.Nursery) -> None:
     venue = BinanceSimulator(Market(seed=4), seed=4, shutdown_grace=5.0)
     await nursery.start(venue.serve)
-    send, receive = trio.open_memory_channel[BookEvent](64)
     slow = Backoff(initial=10.0, maximum=10.0)  # any backoff would show as a 10 s wait
-    feed = Feed(BinanceAdapter(["ETHBTC", "BTCUSDT"], 10), venue.url, send, backoff=slow)
-    nursery.start_soon(feed.run)
+    feed, receive = start_feed(
+        nursery, BinanceAdapter(["ETHBTC", "BTCUSDT"], 10), venue.url, backoff=slow
+    )
     with trio.fail_after(5):
         await next_event(receive, VenueBook)
     await venue.request_shutdown()
@@ -126,14 +108,12 @@ async def test_bitstamp_request_reconnect_resubscribes_before_dropping_the_old_c
 ) -> None:
     venue = BitstampSimulator(Market(seed=5), seed=5, reconnect_grace=5.0)
     await nursery.start(venue.serve)
-    send, receive = trio.open_memory_channel[BookEvent](64)
-    feed = Feed(
+    feed, receive = start_feed(
+        nursery,
         BitstampAdapter(["ETHBTC", "BTCUSDT"], 10),
         venue.url,
-        send,
         backoff=Backoff(initial=10.0, maximum=10.0),
     )
-    nursery.start_soon(feed.run)
     seen: set[str] = set()
     with trio.fail_after(5):
         while seen != {"ETHBTC", "BTCUSDT"}:
@@ -154,9 +134,9 @@ async def test_a_handover_whose_new_connection_fails_keeps_the_old_one_until_its
 ) -> None:
     venue = BinanceSimulator(Market(seed=12), seed=12, shutdown_grace=5.0)
     await nursery.start(venue.serve)
-    send, receive = trio.open_memory_channel[BookEvent](64)
-    feed = Feed(BinanceAdapter(["ETHBTC"], 10), venue.url, send, handover_timeout=1.0)
-    nursery.start_soon(feed.run)
+    _feed, receive = start_feed(
+        nursery, BinanceAdapter(["ETHBTC"], 10), venue.url, handover_timeout=1.0
+    )
     with trio.fail_after(5):
         await next_event(receive, VenueBook)
     venue.refuse()  # the successor cannot connect
@@ -179,9 +159,7 @@ async def test_a_connection_near_its_age_limit_is_replaced_without_a_gap(
 ) -> None:
     venue = BinanceSimulator(Market(seed=7), seed=7)
     await nursery.start(venue.serve)
-    send, receive = trio.open_memory_channel[BookEvent](64)
-    feed = Feed(BinanceAdapter(["ETHBTC"], 10), venue.url, send, rotate_after=1.0)
-    nursery.start_soon(feed.run)
+    feed, receive = start_feed(nursery, BinanceAdapter(["ETHBTC"], 10), venue.url, rotate_after=1.0)
     events = await events_for(receive, 2.6)  # rotations at about 1 s and 2 s
     assert not [e for e in events if isinstance(e, VenueDown)]
     assert venue.connections_total == 3
@@ -194,11 +172,12 @@ async def test_a_refusing_venue_is_retried_with_growing_delays(nursery: trio.Nur
     venue = BinanceSimulator(Market(seed=6), seed=6)
     await nursery.start(venue.serve)
     await venue.kill()  # the port refuses connections
-    send, _receive = trio.open_memory_channel[BookEvent](16)
-    feed = Feed(
-        BinanceAdapter(["ETHBTC"], 10), venue.url, send, backoff=Backoff(initial=0.2, maximum=0.8)
+    feed, _receive = start_feed(
+        nursery,
+        BinanceAdapter(["ETHBTC"], 10),
+        venue.url,
+        backoff=Backoff(initial=0.2, maximum=0.8),
     )
-    nursery.start_soon(feed.run)
     await trio.sleep(3.0)
     # Delays are 0, 0.1-0.2, 0.2-0.4, then 0.4-0.8 each (equal jitter): in 3 s that is at
     # least 5 attempts (longest delays: 0+0.2+0.4+0.8+0.8 = 2.2 s) and at most 9 (shortest:

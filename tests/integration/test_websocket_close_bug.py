@@ -24,9 +24,11 @@ import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from aggtrio.feed import Feed, FeedState
-from aggtrio.model import BookEvent, VenueBook, VenueDown
+from aggtrio.feed import FeedState
+from aggtrio.model import VenueBook, VenueDown
 from aggtrio.venues.binance import BinanceAdapter
+
+from .feeds import start_feed, wait_until
 
 PING_FRAME = b"\x89\x00"  # FIN + opcode 9 (ping), empty unmasked payload: server to client
 SHUTDOWN = '{"stream":"!serverShutdown","data":{"e":"serverShutdown","E":1}}'
@@ -106,13 +108,8 @@ async def start_venue(nursery: trio.Nursery) -> tuple[PingOnCloseVenue, str]:
     return venue, f"ws://127.0.0.1:{port}"
 
 
-async def wait_for(predicate: Callable[[], bool]) -> None:
-    while not predicate():  # noqa: ASYNC110 - polling state that other tasks own
-        await trio.sleep(0.01)
-
-
 async def wait_for_count(count: Callable[[], int], target: int) -> None:
-    await wait_for(lambda: count() >= target)
+    await wait_until(lambda: count() >= target)
 
 
 async def test_this_venue_reproduces_the_bug_in_a_bare_client(nursery: trio.Nursery) -> None:
@@ -135,9 +132,7 @@ async def test_the_feed_survives_closing_into_a_ping_on_every_handover(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     venue, url = await start_venue(nursery)
-    send, receive = trio.open_memory_channel[BookEvent](1024)
-    feed = Feed(BinanceAdapter(["ETHBTC"], 10), url, send)
-    nursery.start_soon(feed.run)
+    feed, receive = start_feed(nursery, BinanceAdapter(["ETHBTC"], 10), url)
     downs: list[VenueDown] = []
 
     async def drain() -> None:
@@ -149,10 +144,10 @@ async def test_the_feed_survives_closing_into_a_ping_on_every_handover(
     with trio.fail_after(10):
         for cycle in range(3):
             await wait_for_count(lambda: venue.connections, cycle + 1)
-            await wait_for(lambda: feed.stats.state is FeedState.LIVE)
+            await wait_until(lambda: feed.stats.state is FeedState.LIVE)
             venue.shutdown[cycle].set()  # we open the next connection, then close this one
             await wait_for_count(lambda: venue.pings_on_close, cycle + 1)
-        await wait_for(lambda: venue.connections == 4 and feed.stats.state is FeedState.LIVE)
+        await wait_until(lambda: venue.connections == 4 and feed.stats.state is FeedState.LIVE)
     assert downs == []  # every handover was make-before-break, bug or no bug
     messages = feed.stats.messages
     await trio.sleep(0.2)
@@ -164,9 +159,7 @@ async def test_the_feed_survives_recycling_a_garbage_connection_into_a_ping(
     nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
 ) -> None:
     venue, url = await start_venue(nursery)
-    send, receive = trio.open_memory_channel[BookEvent](1024)
-    feed = Feed(BinanceAdapter(["ETHBTC"], 10), url, send)
-    nursery.start_soon(feed.run)
+    feed, receive = start_feed(nursery, BinanceAdapter(["ETHBTC"], 10), url)
     books = 0
 
     async def drain() -> None:
@@ -178,10 +171,10 @@ async def test_the_feed_survives_recycling_a_garbage_connection_into_a_ping(
     with trio.fail_after(10):
         for cycle in range(3):
             await wait_for_count(lambda: venue.connections, cycle + 1)
-            await wait_for(lambda: feed.stats.state is FeedState.LIVE)
+            await wait_until(lambda: feed.stats.state is FeedState.LIVE)
             venue.garbage[cycle].set()  # past the garbage limit we close, the venue pings
             await wait_for_count(lambda: venue.pings_on_close, cycle + 1)
-        await wait_for(lambda: venue.connections == 4 and feed.stats.state is FeedState.LIVE)
+        await wait_until(lambda: venue.connections == 4 and feed.stats.state is FeedState.LIVE)
     assert feed.stats.garbage_recycles == 3
     seen = books
     await trio.sleep(0.2)
