@@ -78,6 +78,12 @@ async def run_fanout(log_dir: Path, plan: FanoutPlan) -> dict[str, Any]:
                     "aggtrio": ours,
                     "floor": floor,
                     "ratio": round(ratio, 3),
+                    # The same comparison by server CPU per message: what the throughput
+                    # ratio would be with both servers saturated, and far less sensitive
+                    # to other load on the machine than throughput is.
+                    "cpu_ratio": round(
+                        floor["server_us_per_message"] / ours["server_us_per_message"], 3
+                    ),
                     "pass": ratio >= RATIO_MIN,
                 }
             )
@@ -174,6 +180,9 @@ def _result(measured: Measurement, workers: int) -> dict[str, Any]:
         "mean_message_bytes": round(measured.mean_message_bytes),
         "server_processes": workers,
         "server_cpu_share": round(measured.server_cpu_share, 3),
+        "server_us_per_message": round(
+            measured.server_cpu_share / measured.messages_per_second * 1e6, 1
+        ),
         "client_cpu_shares": [round(share, 3) for share in measured.client_cpu_shares],
         "venue_cpu_share": round(sum(measured.other_cpu_shares.values()), 3),
         "unaccounted_cpu": round(measured.unaccounted_cpu, 3),

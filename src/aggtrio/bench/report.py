@@ -133,8 +133,8 @@ def render_latency(console: Console, result: dict[str, Any]) -> None:
 
 def render_fanout(console: Console, result: dict[str, Any]) -> None:
     table = Table(title="Fan-out: subscriber-messages per second from one server")
-    columns = ["subs", "server", "msg/s", "server CPU", "clients CPU (each)", "venues CPU"]
-    columns += ["other CPU", "saturated", "/ floor", "target"]
+    columns = ["subs", "server", "msg/s", "server CPU", "µs CPU / msg", "clients CPU (each)"]
+    columns += ["venues CPU", "other CPU", "saturated", "/ floor", "CPU: floor /", "target"]
     for column in columns:
         table.add_column(column, justify="right")
     for row in result["rows"]:
@@ -146,11 +146,13 @@ def render_fanout(console: Console, result: dict[str, Any]) -> None:
                 name,
                 f"{stats['messages_per_second']:,}",
                 _share(stats["server_cpu_share"]),
+                f"{stats['server_us_per_message']:.0f}",
                 " ".join(_share(s) for s in stats["client_cpu_shares"]),
                 _share(stats["venue_cpu_share"]),
                 _share(stats["unaccounted_cpu"]),
                 "yes" if stats["server_saturated"] else "[red]no[/red]",
                 f"{row['ratio']:.2f}" if ours else "",
+                f"{row['cpu_ratio']:.2f}" if ours else "",
                 _verdict(row["pass"]) if ours else "",
                 end_section=not ours,
             )
@@ -160,7 +162,9 @@ def render_fanout(console: Console, result: dict[str, Any]) -> None:
         f"{result['client_processes']} counting client processes, {result['connections']}; "
         f"venues at ~{result['venue_messages_per_second']:,.0f} msg/s. 'saturated': the "
         "server used ≥ 90 % of a core per process, so it, not the clients, set the rate. "
-        "'other CPU': machine-wide busy time not used by the benchmark's processes."
+        "'CPU: floor /': the floor's server CPU per message over ours. 'other CPU': "
+        "machine-wide busy time not used by the benchmark's processes (someone else's load "
+        "lowers msg/s for both)."
     )
     if result["workers_note"]:
         console.print(f"workers: {result['workers_note']}")
