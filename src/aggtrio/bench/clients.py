@@ -47,13 +47,10 @@ class ClientPool:
         self.children = children
 
     @classmethod
-    async def start(
-        cls, procs: Processes, count: int, name: str, module: str = "client"
-    ) -> ClientPool:
-        """`count` processes of `module`: "client" (grpcio; latency or count) or "counter"
-        (raw HTTP/2; count only, cheaper)."""
+    async def start(cls, procs: Processes, count: int, name: str) -> ClientPool:
+        """`count` client processes (rawclient.py)."""
         children = [
-            await procs.start(f"{name}-{module}{index}", ["-m", f"aggtrio.bench.{module}"])
+            await procs.start(f"{name}-client{index}", ["-m", "aggtrio.bench.rawclient"])
             for index in range(count)
         ]
         return cls(children)
@@ -133,7 +130,7 @@ class Streams:
             messages=sum(r["messages"] for r in results),
             bytes=sum(r["bytes"] for r in results),
             messages_per_second=sum(r["messages"] / r["seconds"] for r in results),
-            histogram=merge(r["histogram"] for r in results if r["histogram"] is not None),
+            histogram=merge(r["histogram"] for r in results),
             client_cpu_shares=client_shares,
             server_cpu_share=shares[0],
             other_cpu_shares={

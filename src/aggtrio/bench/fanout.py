@@ -4,7 +4,7 @@ The venues change the book far faster than any subscriber can be sent it, so eve
 subscriber always has a newer summary waiting and the server sends flat out (conflating
 the rest). The floor is a purerpc server whose handlers stream one pre-serialized Summary
 as fast as purerpc takes it (floor.py). Both serve the same counting client processes
-(counter.py), one connection per subscriber. The venue process runs throughout, so it
+(rawclient.py), one connection per subscriber. The venue process runs throughout, so it
 loads the machine alike in both measurements.
 
 The flow starts only once every stream is open: a server sending flat out accepts new
@@ -64,7 +64,7 @@ async def serve_has_workers_flag() -> bool:
 async def run_fanout(log_dir: Path, plan: FanoutPlan) -> dict[str, Any]:
     workers_flag = await serve_has_workers_flag()
     async with processes(log_dir) as procs:
-        pool = await ClientPool.start(procs, CLIENT_PROCESSES, "fanout", "counter")
+        pool = await ClientPool.start(procs, CLIENT_PROCESSES, "fanout")
         venues, ready = await procs.start_bench_child("venues-fanout", "venues", DRIVE.args())
         rig = _Rig(procs, pool, venues, venue_url_args(ready["urls"]), plan)
         rows = []

@@ -45,7 +45,7 @@ class MemoryPlan:
 
 async def run_memory(log_dir: Path, plan: MemoryPlan) -> dict[str, Any]:
     async with processes(log_dir) as procs:
-        pool = await ClientPool.start(procs, CLIENT_PROCESSES, "memory", "counter")
+        pool = await ClientPool.start(procs, CLIENT_PROCESSES, "memory")
         venues, ready = await procs.start_bench_child("venues-memory", "venues", REALISTIC.args())
         server, port = await procs.start_server(
             "aggtrio-memory",

@@ -39,7 +39,11 @@ def plans(options: BenchOptions) -> tuple[LatencyPlan, FanoutPlan, MemoryPlan]:
     """What each section measures: the full run, or a smoke run of a few seconds."""
     if options.quick:
         latency = LatencyPlan(
-            subscribers=(1, 10), warmup=0.2, duration=0.5, order=("aggtrio", "floor")
+            subscribers=(1, 10),
+            warmup=0.2,
+            duration=0.5,
+            fast_duration=0.5,
+            order=("aggtrio", "floor"),
         )
         fanout = FanoutPlan(subscribers=(10, 100), warmup=0.3, duration=0.7, workers=(1,))
         memory = MemoryPlan(
@@ -53,7 +57,7 @@ def plans(options: BenchOptions) -> tuple[LatencyPlan, FanoutPlan, MemoryPlan]:
     else:
         latency, fanout, memory = LatencyPlan(), FanoutPlan(), MemoryPlan()
     if options.duration is not None:
-        latency = attrs.evolve(latency, duration=options.duration)
+        latency = attrs.evolve(latency, duration=options.duration, fast_duration=options.duration)
         fanout = attrs.evolve(fanout, duration=options.duration)
     return latency, fanout, memory
 
