@@ -46,6 +46,7 @@ def check_fanout(section: dict[str, Any]) -> None:
             assert len(stats["client_cpu_shares"]) == section["client_processes"]
             assert 0 < stats["server_cpu_share"] < 2
         assert row["ratio"] > 0
+        assert row["cpu_ratio"] > 0
 
 
 def check_memory(section: dict[str, Any]) -> None:

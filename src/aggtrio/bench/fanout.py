@@ -71,20 +71,18 @@ async def run_fanout(log_dir: Path, plan: FanoutPlan) -> dict[str, Any]:
         for subscribers in plan.subscribers:
             ours = await rig.ours(subscribers, workers=1)
             floor = await rig.floor(subscribers)
-            ratio = ours["messages_per_second"] / floor["messages_per_second"]
+            # Judged by server CPU per message: with both servers saturated, the throughput
+            # ratio is this, and unlike throughput it barely moves when something else on
+            # the machine takes CPU from one of the two measurements.
+            cpu_ratio = floor["server_us_per_message"] / ours["server_us_per_message"]
             rows.append(
                 {
                     "subscribers": subscribers,
                     "aggtrio": ours,
                     "floor": floor,
-                    "ratio": round(ratio, 3),
-                    # The same comparison by server CPU per message: what the throughput
-                    # ratio would be with both servers saturated, and far less sensitive
-                    # to other load on the machine than throughput is.
-                    "cpu_ratio": round(
-                        floor["server_us_per_message"] / ours["server_us_per_message"], 3
-                    ),
-                    "pass": ratio >= RATIO_MIN,
+                    "ratio": round(ours["messages_per_second"] / floor["messages_per_second"], 3),
+                    "cpu_ratio": round(cpu_ratio, 3),
+                    "pass": cpu_ratio >= RATIO_MIN,
                 }
             )
         scaling: list[dict[str, Any]] = []
@@ -94,15 +92,19 @@ async def run_fanout(log_dir: Path, plan: FanoutPlan) -> dict[str, Any]:
         elif not workers_flag:
             note = "aggtrio serve has no --workers flag yet: scaling not measured"
         else:
-            for subscribers in plan.subscribers:
-                by_workers = {w: await rig.ours(subscribers, workers=w) for w in plan.workers}
-                base = by_workers[plan.workers[0]]["messages_per_second"]
+            for row in rows:
+                subscribers = row["subscribers"]
+                by_workers = {1: row["aggtrio"]} | {
+                    w: await rig.ours(subscribers, workers=w) for w in plan.workers if w != 1
+                }
                 scaling.append(
                     {
                         "subscribers": subscribers,
                         "by_workers": {str(w): m for w, m in by_workers.items()},
                         "speedup": {
-                            str(w): round(m["messages_per_second"] / base, 3)
+                            str(w): round(
+                                m["messages_per_second"] / row["aggtrio"]["messages_per_second"], 3
+                            )
                             for w, m in by_workers.items()
                         },
                     }
@@ -114,7 +116,7 @@ async def run_fanout(log_dir: Path, plan: FanoutPlan) -> dict[str, Any]:
         "warmup_seconds": plan.warmup,
         "venue_rates": attrs.asdict(DRIVE),
         "venue_messages_per_second": DRIVE.messages_per_second(),
-        "targets": {"ratio_min": RATIO_MIN},
+        "targets": {"ratio_min": RATIO_MIN, "judged_by": "server CPU per message"},
         "rows": rows,
         "workers_scaling": scaling,
         "workers_note": note,
