@@ -45,6 +45,10 @@ class ServeConfig:
     max_subscribers: int = 1000
     # Seconds without a change after which a subscriber is sent the latest summary again.
     resend_interval: float = 1.0
+    # Listen with SO_REUSEPORT, sharing the port with the other workers of `serve --workers`.
+    # Off for a lone server, so that a second server on its port fails loudly instead of
+    # silently taking half the clients.
+    reuse_port: bool = False
 
     @property
     def default_symbol(self) -> str:
