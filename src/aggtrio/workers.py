@@ -160,9 +160,10 @@ class Supervisor:
     policy: RestartPolicy = RestartPolicy()
     stop_timeout: float = STOP_TIMEOUT
     command: Callable[[ServeConfig, int, int], list[str]] = worker_command
+    # Set once every worker has been serving at the same time.
+    all_serving: trio.Event = attrs.field(init=False, factory=trio.Event)
     _stop: trio.Event = attrs.field(init=False, factory=trio.Event)
     _serving: set[int] = attrs.field(init=False, factory=set)
-    _all_serving_logged: bool = attrs.field(init=False, default=False)
     _unclean_stop: bool = attrs.field(init=False, default=False)
     _gave_up: str | None = attrs.field(init=False, default=None)
 
@@ -185,6 +186,10 @@ class Supervisor:
         log.info("all workers stopped")
         return 1 if self._unclean_stop else 0
 
+    def stop(self) -> None:
+        """Stop every worker (as SIGINT or SIGTERM does); `run` then returns."""
+        self._stop.set()
+
     async def _stop_on_signal(self, signals: AsyncIterator[int]) -> None:
         async for signum in signals:
             name = signal.Signals(signum).name
@@ -192,7 +197,7 @@ class Supervisor:
                 log.info("received %s: already stopping", name)
             else:
                 log.info("received %s: stopping %d workers", name, self.count)
-                self._stop.set()
+                self.stop()
 
     async def _keep_running(self, index: int) -> None:
         tag = worker_tag(index, self.count)
@@ -217,7 +222,7 @@ class Supervisor:
                     f"{tag} failed {failures} times in a row, each within "
                     f"{self.policy.stable_after:g} s of starting (last: {reason}); giving up"
                 )
-                self._stop.set()
+                self.stop()
                 return
             log.warning(
                 "%s (pid %d) %s; restarting it %s",
@@ -284,8 +289,8 @@ class Supervisor:
         self._serving.add(index)
         if restarted:
             log.info("%s (pid %d) serving again", worker_tag(index, self.count), process.pid)
-        if len(self._serving) == self.count and not self._all_serving_logged:
-            self._all_serving_logged = True
+        if len(self._serving) == self.count and not self.all_serving.is_set():
+            self.all_serving.set()
             log.info(
                 "all %d workers serving on %s:%d", self.count, self.config.host, self.config.port
             )
