@@ -8,10 +8,13 @@ import sys
 import attrs
 import pytest
 
+from aggtrio import cli
 from aggtrio.cli import build_parser, serve_config_from_args
 from aggtrio.config import ConfigError, ServeConfig
 from aggtrio.workers import (
     RestartPolicy,
+    Supervisor,
+    WorkersFailedError,
     check_shareable,
     describe_exit,
     parse_worker_slot,
@@ -146,3 +149,23 @@ def test_every_configuration_field_reaches_the_workers() -> None:
 def test_a_host_that_looks_like_a_flag_stays_a_value(monkeypatch: pytest.MonkeyPatch) -> None:
     config = ServeConfig(host="-weird")
     assert config_of(worker_command(config, 1, 2), monkeypatch).host == "-weird"
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def test_a_supervisor_that_gave_up_is_one_line_and_status_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # (test_workers.py makes real workers fail; here only the CLI's report of it.)
+    async def gives_up(self: Supervisor) -> int:
+        raise WorkersFailedError("worker 1/2 failed 5 times in a row; giving up")
+
+    monkeypatch.setattr(Supervisor, "run", gives_up)
+    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", "--workers", "2", "--port", "50123"])
+    assert info.value.code == 1
+    assert capsys.readouterr().err == (
+        "aggtrio serve: error: worker 1/2 failed 5 times in a row; giving up\n"
+    )
