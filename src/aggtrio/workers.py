@@ -206,17 +206,19 @@ class Supervisor:
         while not self._stop.is_set():
             attempt += 1
             started = trio.current_time()
-            pid, returncode = await self._run_once(index, restarted=attempt > 1)
-            if self._stop.is_set():
-                if returncode not in (0, -STOP_SIGNAL):
-                    log.warning(
-                        "%s (pid %d) %s while stopping", tag, pid, describe_exit(returncode)
-                    )
-                    self._unclean_stop = True
-                return
+            try:
+                pid, returncode = await self._run_once(index, restarted=attempt > 1)
+            except OSError as exc:  # no process at all (out of memory or processes, say)
+                who, reason = tag, f"could not be started ({exc})"
+            else:
+                who, reason = f"{tag} (pid {pid})", describe_exit(returncode)
+                if self._stop.is_set():
+                    if returncode not in (0, -STOP_SIGNAL):
+                        log.warning("%s %s while stopping", who, reason)
+                        self._unclean_stop = True
+                    return
             failures = self.policy.failures_after(failures, trio.current_time() - started)
             delay = self.policy.delay(failures)
-            reason = describe_exit(returncode)
             if delay is None:
                 self._gave_up = (
                     f"{tag} failed {failures} times in a row, each within "
@@ -225,11 +227,7 @@ class Supervisor:
                 self.stop()
                 return
             log.warning(
-                "%s (pid %d) %s; restarting it %s",
-                tag,
-                pid,
-                reason,
-                "now" if delay == 0 else f"in {delay:g} s",
+                "%s %s; restarting it %s", who, reason, "now" if delay == 0 else f"in {delay:g} s"
             )
             with trio.move_on_after(delay):
                 await self._stop.wait()

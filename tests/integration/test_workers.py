@@ -366,6 +366,24 @@ async def test_a_worker_that_keeps_failing_at_start_makes_the_supervisor_give_up
     assert all(not running(pid) for pid in pids_of(caplog, 2))
 
 
+async def test_a_worker_that_cannot_even_be_started_is_given_up_on(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    caplog.set_level(logging.INFO, "aggtrio.workers")
+    supervisor = Supervisor(
+        ServeConfig(port=free_port()),
+        2,
+        policy=RestartPolicy(initial=0.01, maximum=0.01, give_up_after=2),
+        command=lambda config, index, count: [str(tmp_path / "no-such-python")],
+    )
+    with trio.fail_after(10), pytest.raises(WorkersFailedError, match="could not be started"):
+        await supervisor.run()
+    assert any(
+        re.fullmatch(r"worker \d/2 could not be started \(.*\); restarting it now", r.getMessage())
+        for r in caplog.records
+    )
+
+
 def pids_of(caplog: pytest.LogCaptureFixture, index: int) -> list[int]:
     return [
         int(match.group(1))
