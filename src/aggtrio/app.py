@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import attrs
@@ -66,7 +67,10 @@ async def run_service(
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(aggregator.run, receive)
-        port = await nursery.start(serve_grpc, service, config.host, config.port)
+        serve = functools.partial(
+            serve_grpc, service, config.host, config.port, reuse_port=config.reuse_port
+        )
+        port = await nursery.start(serve)
         log.info(
             "serving %s from %s on %s:%d (depth %d)",
             ", ".join(config.symbols),
