@@ -109,7 +109,9 @@ def lazy_json_object(message: str | bytes) -> simdjson.Object:
     """
     try:
         document = simdjson.Parser().parse(message)
-    except ValueError as exc:  # UnicodeDecodeError included
+    except (ValueError, RuntimeError) as exc:
+        # ValueError: not JSON, or not UTF-8; RuntimeError: valid JSON that simdjson will
+        # not represent, such as an integer beyond 64 bits (none belongs in a book message).
         raise MalformedMessageError(f"invalid JSON: {exc}") from None
     if not isinstance(document, simdjson.Object):
         raise MalformedMessageError("message is not a JSON object")
