@@ -228,6 +228,12 @@ RAW = object()  # marks a case whose message is already wire text, not a JSON va
 MALFORMED: dict[str, Any] = {
     "invalid JSON": (RAW, '{"event": "data", "channel": "order_book_ethbtc", "data": {'),
     "empty message": (RAW, ""),
+    # Valid JSON, but not a number any venue sends (simdjson refuses it with RuntimeError).
+    "integer beyond 64 bits": (
+        RAW,
+        '{"event": "data", "channel": "order_book_ethbtc", "data": {"timestamp": '
+        '100000000000000000000, "bids": [["1", "1"]], "asks": [["2", "1"]]}}',
+    ),
     "JSON list": [data_message(bid_side(5), ask_side(5))],
     "JSON number": 17,
     "JSON null": None,
