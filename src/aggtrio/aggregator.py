@@ -80,15 +80,12 @@ class SummaryEncoder:
             self._spreads.clear()
         known_bid, known_ask = self._bids.get, self._asks.get
         # An encoded level is never empty, so `or` only falls through on a miss.
-        return b"".join(
-            (
-                self._spreads.get(spread_value) or self._new_spread(spread_value),
-                *[known_bid(level) or self._new_level(level, "bids") for level in bids],
-                *[known_ask(level) or self._new_level(level, "asks") for level in asks],
-                self._live.get(live_exchanges) or self._new_live(live_exchanges),
-                Summary(arrival_time=arrival).SerializeToString(),
-            )
-        )
+        parts = [known_bid(level) or self._new_level(level, "bids") for level in bids]
+        parts += [known_ask(level) or self._new_level(level, "asks") for level in asks]
+        parts.append(self._live.get(live_exchanges) or self._new_live(live_exchanges))
+        parts.append(Summary(arrival_time=arrival).SerializeToString())
+        spread_piece = self._spreads.get(spread_value) or self._new_spread(spread_value)
+        return spread_piece + b"".join(parts)
 
     def _new_level(self, level: MergedLevel, field: str) -> bytes:
         exchange, price, amount = level

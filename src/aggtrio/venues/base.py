@@ -142,6 +142,7 @@ def load_json_object(message: str | bytes) -> dict[str, Any]:
 # Texts a LevelParser remembers before it starts afresh: a few minutes of a busy book's
 # prices and amounts, a few MB at most.
 LEVEL_MEMO_LIMIT = 50_000
+_PRICE = operator.itemgetter(0)
 
 
 class LevelParser:
@@ -165,14 +166,19 @@ class LevelParser:
         try:
             top = raw[:depth]  # type: ignore[index]
             # 0.0 is never remembered (not positive), so `or` only falls through on a miss.
-            prices = [known(price) or number(price) for price, _ in top]
-            amounts = [known(amount) or number(amount) for _, amount in top]
+            levels = tuple(
+                [
+                    (known(price) or number(price), known(amount) or number(amount))
+                    for price, amount in top
+                ]
+            )
         except (TypeError, ValueError):
             # Not a list of pairs, or a bad number: the checked path says exactly what.
             return self._checked(raw, depth, descending, side)
+        prices = list(map(_PRICE, levels))
         if not all(map(operator.gt if descending else operator.lt, prices, prices[1:])):
             raise MalformedMessageError(f"{side} prices are not strictly best-first")
-        return tuple(zip(prices, amounts, strict=False))  # same length: both from `top`
+        return levels
 
     def _number(self, text: object) -> float:
         if type(text) is not str:
