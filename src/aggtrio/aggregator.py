@@ -57,11 +57,16 @@ class SummaryEncoder:
     order. The result is byte for byte ``Summary(...).SerializeToString()`` (tests check it).
     """
 
-    __slots__ = ("_asks", "_bids", "_live", "_spreads")
+    __slots__ = ("_asks", "_bids", "_live", "_spreads", "_templates")
 
     def __init__(self) -> None:
         self._bids: dict[MergedLevel, bytes] = {}
         self._asks: dict[MergedLevel, bytes] = {}
+        # A one-level Summary per side, refilled for each new level: setting three fields
+        # costs less than building a message (0.6 us against 1.6).
+        self._templates = {"bids": Summary(), "asks": Summary()}
+        for field, template in self._templates.items():
+            getattr(template, field).add()
         self._live: dict[tuple[str, ...], bytes] = {}
         # Spreads are whole ticks apart, so the same few values come back again and again.
         self._spreads: dict[float, bytes] = {}
@@ -88,10 +93,10 @@ class SummaryEncoder:
         return spread_piece + b"".join(parts)
 
     def _new_level(self, level: MergedLevel, field: str) -> bytes:
-        exchange, price, amount = level
-        summary = Summary()
-        getattr(summary, field).add(exchange=exchange, price=price, amount=amount)
-        piece: bytes = summary.SerializeToString()
+        template = self._templates[field]
+        encoded = getattr(template, field)[0]
+        encoded.exchange, encoded.price, encoded.amount = level
+        piece: bytes = template.SerializeToString()
         (self._bids if field == "bids" else self._asks)[level] = piece
         return piece
 
