@@ -1,4 +1,5 @@
-"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s proto`, `nox -s demo`."""
+"""Developer tasks: `nox -s tests`, `nox -s lint`, `nox -s proto`, `nox -s demo`,
+`nox -s bench` (not run by default: it takes minutes and wants a quiet machine)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,10 @@ def demo(session: nox.Session) -> None:
     """Run the offline demo: simulated venues, the server and the live view."""
     session.install("-e", ".")
     session.run("aggtrio", "demo", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The benchmark (README, Performance); arguments go to `aggtrio bench`, e.g. -- --quick."""
+    session.install("-e", ".[bench]")
+    session.run("aggtrio", "bench", *session.posargs)

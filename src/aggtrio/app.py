@@ -60,13 +60,12 @@ async def run_service(
         for venue in config.venues
     ]
     service = OrderbookService(
-        broadcasts,
-        config.default_symbol,
-        max_streams=config.max_subscribers,
-        resend_interval=config.resend_interval,
+        broadcasts, config.default_symbol, max_streams=config.max_subscribers
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(aggregator.run, receive)
+        for broadcast in broadcasts.values():
+            nursery.start_soon(broadcast.resend_when_quiet, config.resend_interval)
         serve = functools.partial(
             serve_grpc, service, config.host, config.port, reuse_port=config.reuse_port
         )

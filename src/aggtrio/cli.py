@@ -1,4 +1,4 @@
-"""Command line: ``aggtrio serve | watch | demo | simulate``.
+"""Command line: ``aggtrio serve | watch | demo | simulate | bench``.
 
 Each serve flag can also come from an ``AGGTRIO_*`` environment variable (flag wins). A bad
 value prints one line, ``aggtrio <command>: error: <reason>``, and exits with status 2.
@@ -212,6 +212,18 @@ def build_parser() -> argparse.ArgumentParser:
         "seconds later (one INFO line each)",
     )
     simulate.add_argument("--log-level", default="INFO")
+
+    bench = commands.add_parser(
+        "bench", help="the project's benchmark: ingest, latency, fan-out and memory (README)"
+    )
+    bench.add_argument(
+        "--only", metavar="SECTIONS", help="comma-separated: ingest,latency,fanout,memory (all)"
+    )
+    bench.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
+    bench.add_argument(
+        "--output", default="bench-results.json", help="JSON results file (bench-results.json)"
+    )
+    bench.add_argument("--duration", help="measured seconds per latency turn and fan-out phase")
     return parser
 
 
@@ -389,11 +401,32 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    try:
+        from aggtrio.bench.runner import SECTIONS, BenchOptions, run_bench
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"needs {exc.name}: pip install 'aggtrio[bench]'") from None
+
+    sections = tuple(s.strip() for s in args.only.split(",")) if args.only else SECTIONS
+    unknown = [s for s in sections if s not in SECTIONS]
+    if unknown or not sections:
+        raise ConfigError(f"--only: unknown section {unknown!r} (known: {', '.join(SECTIONS)})")
+    try:
+        duration = parse_seconds(args.duration) if args.duration is not None else None
+    except ConfigError as exc:
+        raise ConfigError(f"--duration: {exc}") from None
+    options = BenchOptions(sections, args.quick, Path(args.output), duration)
+    return run_bench(options)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "serve": _cmd_serve,
     "watch": _cmd_watch,
     "demo": _cmd_demo,
     "simulate": _cmd_simulate,
+    "bench": _cmd_bench,
 }
 
 

@@ -62,11 +62,12 @@ _CLIENT_PROTOCOL_ERRORS: tuple[type[BaseException], ...] = (h2.exceptions.H2Erro
 
 
 class OrderbookService(OrderbookAggregatorServicer):
-    """Streams each symbol's merged book: the latest summary at once, then every change, and
-    the latest again whenever `resend_interval` seconds pass without one.
+    """Streams each symbol's merged book: the latest summary at once, then every change.
 
-    The resend lets clients treat silence beyond the interval as a dead connection, and is
-    the backstop for dead streams on a quiet symbol: purerpc sees that a stream is gone only
+    A quiet symbol's latest summary is published again every resend interval
+    (`Broadcast.resend_when_quiet`, run by the app), so it reaches every stream too. That
+    lets clients treat silence beyond the interval as a dead connection, and is the
+    backstop for dead streams on a quiet symbol: purerpc sees that a stream is gone only
     when it writes to it (STACK.md). ConnectionHandler ends calls on RST_STREAM and on a
     closed connection itself; without writes, anything that slips past it (a reset read in
     the same batch as the request, before the call was running) would hold its slot
@@ -84,12 +85,10 @@ class OrderbookService(OrderbookAggregatorServicer):
         default_symbol: str,
         *,
         max_streams: int = 1000,
-        resend_interval: float = 1.0,
     ) -> None:
         self._broadcasts = broadcasts
         self._default_symbol = default_symbol
         self._max_streams = max_streams
-        self._resend_interval = resend_interval
         self._open_streams = 0
         self._refused = 0
         self._next_refusal_log = -math.inf
@@ -135,20 +134,14 @@ class OrderbookService(OrderbookAggregatorServicer):
         log.info("stream opened: %s, %d open", symbol, self._open_streams)
         try:
             seen = 0
-            summary: PublishedSummary | None = None
             with broadcast.subscription():
                 while True:
-                    # A timeout leaves `summary` as the one last sent, which is then the
-                    # latest: sending it again is the resend. (No yield inside the scope:
-                    # a cancel scope must not span a generator's suspension.)
-                    with trio.move_on_after(self._resend_interval):
-                        try:
-                            seen, summary = await broadcast.next_after(seen)
-                        except BroadcastClosedError:
-                            raise purerpc.UnavailableError("server is shutting down") from None
-                    if summary is not None:
-                        sent += 1
-                        yield summary
+                    try:
+                        seen, summary = await broadcast.next_after(seen)
+                    except BroadcastClosedError:
+                        raise purerpc.UnavailableError("server is shutting down") from None
+                    sent += 1
+                    yield summary
         finally:
             self._open_streams -= 1
             log.info(

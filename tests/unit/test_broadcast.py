@@ -90,3 +90,19 @@ async def test_close_wakes_subscribers_and_counts_them_out() -> None:
     broadcast.publish(1)
     with pytest.raises(BroadcastClosedError):
         await broadcast.next_after(0)
+
+
+async def test_a_quiet_broadcast_republishes_its_latest_value_until_closed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    broadcast = Broadcast[str]()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(broadcast.resend_when_quiet, 1.0)
+        await trio.sleep(5.0)
+        assert broadcast.version == 0  # nothing to resend before the first value
+        broadcast.publish("a")
+        await trio.sleep(0.5)
+        broadcast.publish("b")  # restarts the interval
+        await trio.sleep(2.75)  # resends at +1.0 and +2.0 after "b"
+        assert (broadcast.version, broadcast.latest) == (4, "b")
+        broadcast.close()  # ends the loop: the nursery can exit

@@ -30,16 +30,17 @@ async def timed_next(stream: AsyncIterator[PublishedSummary]) -> tuple[float, Pu
 
 
 async def test_a_quiet_symbol_resends_the_latest_summary_every_interval(
-    autojump_clock: trio.abc.Clock,
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
 ) -> None:
-    svc, broadcasts = service(resend_interval=1.0)
+    svc, broadcasts = service()
+    nursery.start_soon(broadcasts["ETHBTC"].resend_when_quiet, 1.0)
     first = summary(1)
     broadcasts["ETHBTC"].publish(first)
     async with aclosing(svc.BookSummary(Empty())) as stream:
         start = trio.current_time()
         assert await timed_next(stream) == (start, first)
         # Nothing changes: the very same object (its encoded bytes shared) comes again,
-        # once per interval measured from the previous send.
+        # once per interval measured from the previous publish.
         assert await timed_next(stream) == (start + 1.0, first)
         assert await timed_next(stream) == (start + 2.0, first)
         # A change goes out at once and restarts the interval.
@@ -50,15 +51,18 @@ async def test_a_quiet_symbol_resends_the_latest_summary_every_interval(
         assert await timed_next(stream) == (start + 3.25, second)
 
 
-async def test_nothing_is_sent_before_the_first_summary(autojump_clock: trio.abc.Clock) -> None:
-    svc, broadcasts = service(resend_interval=1.0)
+async def test_nothing_is_sent_before_the_first_summary(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery
+) -> None:
+    svc, broadcasts = service()
+    nursery.start_soon(broadcasts["ETHBTC"].resend_when_quiet, 1.0)
     first = summary(7)
 
     async def publish_later() -> None:
         await trio.sleep(5.5)
         broadcasts["ETHBTC"].publish(first)
 
-    async with aclosing(svc.BookSummary(Empty())) as stream, trio.open_nursery() as nursery:
+    async with aclosing(svc.BookSummary(Empty())) as stream:
         start = trio.current_time()
         nursery.start_soon(publish_later)
         assert await timed_next(stream) == (start + 5.5, first)

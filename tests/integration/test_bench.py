@@ -1,0 +1,86 @@
+"""`aggtrio bench --quick`: the system sections run end to end, in real processes, and
+report plausible numbers. Performance itself is judged by the benchmark, not here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .harness import ROOT
+
+PERCENTILES = ("p50", "p90", "p99", "p99_9", "max")
+
+
+def check_latency(section: dict[str, Any]) -> None:
+    rows = section["rows"]
+    assert {(row["rate"], row["subscribers"]) for row in rows} == {
+        (rate, subscribers) for rate in ("realistic", "10x") for subscribers in (1, 10)
+    }
+    for row in rows:
+        for name in ("aggtrio", "floor"):
+            stats = row[name]
+            assert stats["samples"] > 0, (row["rate"], row["subscribers"], name)
+            values = [stats[key] for key in PERCENTILES]
+            assert values[0] > 0, values
+            assert values == sorted(values), values
+            assert stats["messages_per_second"] > 0
+        assert row["p50_ratio"] > 0
+        assert row["p99_ratio"] > 0
+        # Each venue process really sent at its rate (~30 and ~300 messages a second).
+        assert 10 < row["venue_messages_per_second"] < 1000
+        assert isinstance(row.get("pass", False), bool)
+
+
+def check_fanout(section: dict[str, Any]) -> None:
+    assert [row["subscribers"] for row in section["rows"]] == [10, 100]
+    for row in section["rows"]:
+        for name in ("aggtrio", "floor"):
+            stats = row[name]
+            assert stats["messages_per_second"] > 0, (row["subscribers"], name)
+            # The same kind of message in both: a 10+10-level Summary of ~600 bytes.
+            assert 300 < stats["mean_message_bytes"] < 1500, stats
+            assert len(stats["client_cpu_shares"]) == section["client_processes"]
+            assert 0 < stats["server_cpu_share"] < 2
+        assert row["ratio"] > 0
+        assert row["cpu_ratio"] > 0
+
+
+def check_memory(section: dict[str, Any]) -> None:
+    assert 10 < section["idle_mib"] <= section["with_subscribers_mib"] < 1000
+    assert section["with_subscribers_messages_per_second"] > 0
+    stalled = section["stalled"]
+    assert len(stalled["samples_mib"]) >= 3
+    assert stalled["start_mib"] <= stalled["max_mib"]
+    # The server sent the stalled stream something before its window closed.
+    assert stalled["unread_bytes_at_stalled_client"] > 0
+    assert stalled["readers_messages_per_second"] > 0
+
+
+async def test_quick_bench_runs_every_system_section(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    command = [sys.executable, "-m", "aggtrio", "bench", "--quick"]
+    command += ["--only", "latency,fanout,memory", "--output", str(output)]
+    with trio.fail_after(100):
+        result = await trio.run_process(
+            command,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            cwd=ROOT,
+        )
+    printed = result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 0, printed
+    data = json.loads(output.read_text())
+    assert data["errors"] == {}
+    assert set(data["sections"]) == {"latency", "fanout", "memory"}
+    assert data["machine"]["cores"] >= 1
+    assert data["machine"]["packages"]["purerpc"]
+    check_latency(data["sections"]["latency"])
+    check_fanout(data["sections"]["fanout"])
+    check_memory(data["sections"]["memory"])
+    for title in ("machine:", "Latency", "Fan-out", "Memory"):
+        assert title in printed
