@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import attrs
@@ -65,7 +66,10 @@ async def run_service(
         nursery.start_soon(aggregator.run, receive)
         for broadcast in broadcasts.values():
             nursery.start_soon(broadcast.resend_when_quiet, config.resend_interval)
-        port = await nursery.start(serve_grpc, service, config.host, config.port)
+        serve = functools.partial(
+            serve_grpc, service, config.host, config.port, reuse_port=config.reuse_port
+        )
+        port = await nursery.start(serve)
         log.info(
             "serving %s from %s on %s:%d (depth %d)",
             ", ".join(config.symbols),

@@ -7,14 +7,16 @@ value prints one line, ``aggtrio <command>: error: <reason>``, and exits with st
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import random
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn, TypeVar
 
+import attrs
 import trio
 
 from aggtrio import __version__
@@ -30,8 +32,18 @@ from aggtrio.config import (
     parse_symbols,
     parse_venue_urls,
     parse_venues,
+    parse_workers,
 )
 from aggtrio.exception_groups import single_leaf
+from aggtrio.workers import (
+    Supervisor,
+    WorkersFailedError,
+    check_shareable,
+    parse_worker_slot,
+    report_ready,
+    stop_when_supervisor_gone,
+    worker_tag,
+)
 
 log = logging.getLogger("aggtrio")
 T = TypeVar("T")
@@ -103,6 +115,11 @@ def serve_config_from_args(args: argparse.Namespace) -> ServeConfig:
     )
 
 
+def workers_from_args(args: argparse.Namespace) -> int:
+    """How many serving processes `serve` runs (1: this process alone, no supervisor)."""
+    return _option(args, "workers", parse_workers, 1, "AGGTRIO_WORKERS")
+
+
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", help="gRPC port (default 50051; 0 picks a free one)")
@@ -133,6 +150,13 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
         "again (default 1.0)",
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
+    parser.add_argument(
+        "--workers",
+        help="processes sharing the port (SO_REUSEPORT), each with its own venue "
+        "connections (default 1)",
+    )
+    # Set by the supervisor of `--workers N` on each worker's command line (workers.py).
+    parser.add_argument("--internal-worker", metavar="I/N", help=argparse.SUPPRESS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -230,22 +254,63 @@ async def _serve(config: ServeConfig) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def _serve_worker(config: ServeConfig) -> None:
+    """`_serve` as one worker of `serve --workers N`, speaking the supervisor's protocol."""
+    from aggtrio.app import run_service
+
+    # Open until the end: under systemd the whole group gets SIGTERM and the supervisor
+    # forwards its own, and that second signal must not cut the orderly shutdown short.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            service = await nursery.start(run_service, config)
+            nursery.start_soon(stop_when_supervisor_gone)
+            report_ready()
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                break
+            await service.close_streams(SHUTDOWN_GRACE)
+            nursery.cancel_scope.cancel()
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = serve_config_from_args(args)
-    configure_logging(config.log_level)
+    if args.internal_worker is not None:
+        try:
+            index, count = parse_worker_slot(args.internal_worker)
+        except ConfigError as exc:
+            raise ConfigError(f"--internal-worker: {exc}") from None
+        tag = worker_tag(index, count)
+        configure_logging(config.log_level, tag)
+        worker = functools.partial(_serve_worker, attrs.evolve(config, reuse_port=True))
+        return _run_server(worker, config, f"aggtrio serve [{tag}]")
+    workers = workers_from_args(args)
+    if workers == 1:
+        configure_logging(config.log_level)
+        return _run_server(functools.partial(_serve, config), config, "aggtrio serve")
+    check_shareable(config, workers)
+    configure_logging(config.log_level, "supervisor")
+    return _run_server(Supervisor(config, workers).run, config, "aggtrio serve")
+
+
+def _run_server(main: Callable[[], Awaitable[int | None]], config: ServeConfig, prog: str) -> int:
+    """trio.run(main), its failure to listen as one line; the exit status."""
     try:
-        trio.run(_serve, config)
+        code = trio.run(main)
     except BaseException as exc:
-        if isinstance(single_leaf(exc), KeyboardInterrupt):  # Ctrl-C before the handler was set
+        leaf = single_leaf(exc)
+        if isinstance(leaf, KeyboardInterrupt):  # Ctrl-C before the handler was set
             return 0
+        if isinstance(leaf, WorkersFailedError):
+            print(f"{prog}: error: {leaf}", file=sys.stderr)
+            return 1
         # Typically the port is taken or the host is not an address of this machine.
         reason = _listen_error(exc)
         print(
-            f"aggtrio serve: error: cannot listen on {config.host}:{config.port}: {reason}",
+            f"{prog}: error: cannot listen on {config.host}:{config.port}: {reason}",
             file=sys.stderr,
         )
         return 1
-    return 0
+    return code or 0
 
 
 def _listen_error(exc: BaseException) -> str:

@@ -16,6 +16,8 @@ from aggtrio.symbols import InvalidSymbolError, parse_symbol_list
 from aggtrio.venues import ADAPTERS, DEFAULT_VENUES
 
 MAX_DEPTH = 1000
+# More workers than this is a typo, not a plan: each opens its own connection to every venue.
+MAX_WORKERS = 64
 LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 
 
@@ -45,6 +47,10 @@ class ServeConfig:
     max_subscribers: int = 1000
     # Seconds without a change after which a subscriber is sent the latest summary again.
     resend_interval: float = 1.0
+    # Listen with SO_REUSEPORT, sharing the port with the other workers of `serve --workers`.
+    # Off for a lone server, so that a second server on its port fails loudly instead of
+    # silently taking half the clients.
+    reuse_port: bool = False
 
     @property
     def default_symbol(self) -> str:
@@ -134,6 +140,16 @@ def parse_max_subscribers(text: str) -> int:
     return limit
 
 
+def parse_workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        raise ConfigError(f"worker count {text!r} is not a whole number") from None
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"worker count {workers} is out of range 1-{MAX_WORKERS}")
+    return workers
+
+
 def parse_log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in LOG_LEVELS:
@@ -151,7 +167,10 @@ def parse_seconds(text: str) -> float:
     return seconds
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, tag: str | None = None) -> None:
+    """Log to stderr; `tag` (e.g. "worker 1/2") marks every line of a process that shares
+    its stderr with others."""
+    where = f"[{tag}] " if tag else ""
     logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", force=True
+        level=level, format=f"%(asctime)s %(levelname)-7s {where}%(name)s: %(message)s", force=True
     )

@@ -312,14 +312,18 @@ async def serve_grpc(
     host: str,
     port: int,
     *,
+    reuse_port: bool = False,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port (port 0 picks a free one) and serve until cancelled.
 
-    Reports the bound port through `task_status`. No SO_REUSEPORT: a second server on the
+    Reports the bound port through `task_status`. No SO_REUSEPORT unless `reuse_port` (the
+    workers of `serve --workers`, which share the port on purpose): a second server on the
     same port must fail loudly, not silently take half the clients.
     """
-    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    listener = await anyio.create_tcp_listener(
+        local_host=host, local_port=port, reuse_port=reuse_port
+    )
     bound_port: int = listener.extra(anyio.abc.SocketAttribute.local_port)
     task_status.started(bound_port)
     services = {svc.name: svc for svc in [service.service]}

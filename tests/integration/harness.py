@@ -68,6 +68,12 @@ class ServerProcess:
                 raise AssertionError(f"server exited before logging {pattern!r}")
             await self._log_grew.wait()
 
+    async def wait_for_log_end(self) -> None:
+        """Until every process writing the log has closed it: with `serve --workers`, the
+        supervisor and every worker (they share its stderr)."""
+        while not self._log_ended:
+            await self._log_grew.wait()
+
     def _append(self, lines: list[str], *, ended: bool = False) -> None:
         self.log.extend(lines)
         self._log_ended = ended

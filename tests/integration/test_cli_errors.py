@@ -58,6 +58,14 @@ BAD_VALUES: dict[str, Case] = {
         env={"AGGTRIO_RESEND_INTERVAL": "soon"},
         mentions=("AGGTRIO_RESEND_INTERVAL", "soon"),
     ),
+    "no workers": Case(("serve", "--workers", "0"), mentions=("--workers", "0", "1-64")),
+    "workers not a number": Case(("serve", "--workers", "abc"), mentions=("--workers", "abc")),
+    "bad workers in env": Case(
+        ("serve",), env={"AGGTRIO_WORKERS": "abc"}, mentions=("AGGTRIO_WORKERS", "abc")
+    ),
+    "workers on port 0": Case(
+        ("serve", "--workers", "2", "--port", "0"), mentions=("2 workers", "port 0")
+    ),
     "bad watch server": Case(("watch", "--server", "nonsense"), mentions=("nonsense",)),
     "unknown simulated venue": Case(
         ("simulate", "--venue", "kraken=9001"), mentions=("--venue", "kraken", "binance")
@@ -171,8 +179,10 @@ def test_serve_help_mentions_every_flag(results: dict[str, Result]) -> None:
         "--max-subscribers",
         "--resend-interval",
         "--log-level",
+        "--workers",
     ):
         assert flag in result.stdout
+    assert "--internal-worker" not in result.stdout  # the supervisor's, not the operator's
 
 
 def test_simulate_help_documents_faults(results: dict[str, Result]) -> None:

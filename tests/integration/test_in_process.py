@@ -225,3 +225,24 @@ async def test_cancelled_calls_leave_nothing_behind_on_a_long_lived_connection(
 
     # purerpc's table of the connection's streams holds the running call only.
     assert await trio.to_thread.run_sync(scenario) == 1
+
+
+async def test_only_listeners_that_opt_in_share_a_port(nursery: trio.Nursery) -> None:
+    service = server.OrderbookService({"ETHBTC": Broadcast[PublishedSummary]()}, "ETHBTC")
+    serve = functools.partial(server.serve_grpc, service, "127.0.0.1")
+    port = await nursery.start(functools.partial(serve, 0, reuse_port=True))
+    # A second worker of `serve --workers` joins the port...
+    assert await nursery.start(functools.partial(serve, port, reuse_port=True)) == port
+    # ...but a server that did not opt in is refused, as it would be by a lone server.
+    with pytest.raises(OSError, match="in use"):
+        await serve(port)
+    nursery.cancel_scope.cancel()
+
+
+async def test_a_lone_server_keeps_its_port_to_itself(nursery: trio.Nursery) -> None:
+    service = server.OrderbookService({"ETHBTC": Broadcast[PublishedSummary]()}, "ETHBTC")
+    serve = functools.partial(server.serve_grpc, service, "127.0.0.1")
+    port = await nursery.start(serve, 0)
+    with pytest.raises(OSError, match="in use"):
+        await serve(port, reuse_port=True)
+    nursery.cancel_scope.cancel()

@@ -146,6 +146,29 @@ def test_an_empty_or_one_sided_book_is_malformed(wire: Wire, sides: str) -> None
 # --- control events ---------------------------------------------------------------------------
 
 
+def test_change_only_beyond_depth_yields_no_event(wire: Wire) -> None:
+    # Bitstamp sends its top 100 on every change; one below the top `depth` changes nothing.
+    bitstamp = adapter(depth=10)
+    assert len(bitstamp.handle_message(wire(data_message(bid_side(), ask_side())), 1)) == 1
+    bids = bid_side()
+    bids[10][1] = "99.000"
+    assert bitstamp.handle_message(wire(data_message(bids, ask_side())), 2) == []
+    asks = ask_side()
+    asks[9][1] = "99.000"  # level 10: inside the top 10
+    assert bitstamp.handle_message(wire(data_message(bids, asks)), 3) == [
+        VenueBook("bitstamp", "ETHBTC", as_floats(bid_side(10)), as_floats(asks[:10]), 3)
+    ]
+
+
+def test_unchanged_top_is_tracked_per_symbol(wire: Wire) -> None:
+    bitstamp = adapter("ETHBTC", "LTCBTC")
+    eth = data_message(bid_side(), ask_side())
+    ltc = data_message(bid_side(), ask_side(), channel="order_book_ltcbtc")
+    assert len(bitstamp.handle_message(wire(eth), 1)) == 1
+    assert len(bitstamp.handle_message(wire(ltc), 2)) == 1  # same levels, other symbol
+    assert bitstamp.handle_message(wire(eth), 3) == []
+
+
 def test_subscription_succeeded_yields_subscribed_for_that_symbol(wire: Wire) -> None:
     bitstamp = adapter("ETHBTC", "BTCUSDT")
     for channel, symbol in [("order_book_btcusdt", "BTCUSDT"), ("order_book_ethbtc", "ETHBTC")]:
@@ -205,6 +228,12 @@ RAW = object()  # marks a case whose message is already wire text, not a JSON va
 MALFORMED: dict[str, Any] = {
     "invalid JSON": (RAW, '{"event": "data", "channel": "order_book_ethbtc", "data": {'),
     "empty message": (RAW, ""),
+    # Valid JSON, but not a number any venue sends (simdjson refuses it with RuntimeError).
+    "integer beyond 64 bits": (
+        RAW,
+        '{"event": "data", "channel": "order_book_ethbtc", "data": {"timestamp": '
+        '100000000000000000000, "bids": [["1", "1"]], "asks": [["2", "1"]]}}',
+    ),
     "JSON list": [data_message(bid_side(5), ask_side(5))],
     "JSON number": 17,
     "JSON null": None,
@@ -258,9 +287,13 @@ def test_malformed_message_raises(wire: Wire, case: Any) -> None:
 def test_malformed_message_does_not_change_what_follows(wire: Wire, case: Any) -> None:
     bitstamp = adapter()
     good = data_message(bid_side(), ask_side())
+    newer_bids = bid_side()
+    newer_bids[0][1] = "3.000"
     assert len(bitstamp.handle_message(wire(good), 1)) == 1
     with pytest.raises(MalformedMessageError):
         bitstamp.handle_message(_encode(case, wire), 2)
-    assert bitstamp.handle_message(wire(good), 3) == [
-        VenueBook("bitstamp", "ETHBTC", as_floats(bid_side(10)), as_floats(ask_side(10)), 3)
+    # The bad message neither counts as "the last book" nor forgets it.
+    assert bitstamp.handle_message(wire(good), 3) == []
+    assert bitstamp.handle_message(wire(data_message(newer_bids, ask_side())), 4) == [
+        VenueBook("bitstamp", "ETHBTC", as_floats(newer_bids[:10]), as_floats(ask_side(10)), 4)
     ]

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from aggtrio.cli import build_parser, serve_config_from_args
+from aggtrio.cli import build_parser, serve_config_from_args, workers_from_args
 from aggtrio.config import (
     MAX_DEPTH,
     ConfigError,
@@ -20,6 +20,7 @@ from aggtrio.config import (
     parse_venue_url,
     parse_venue_urls,
     parse_venues,
+    parse_workers,
 )
 from aggtrio.venues.binance import BinanceAdapter
 from aggtrio.venues.bitstamp import BitstampAdapter
@@ -177,6 +178,18 @@ def test_seconds_of_zero_or_less_or_not_a_number_are_rejected(text: str) -> None
     one_line(info)
 
 
+@pytest.mark.parametrize(("text", "workers"), [("1", 1), ("2", 2), (" 64 ", 64)])
+def test_workers_from_one_to_the_maximum_are_accepted(text: str, workers: int) -> None:
+    assert parse_workers(text) == workers
+
+
+@pytest.mark.parametrize("text", ["0", "-2", "65", "abc", "", "2.5"])
+def test_workers_out_of_range_or_not_a_whole_number_are_rejected(text: str) -> None:
+    with pytest.raises(ConfigError, match="worker count") as info:
+        parse_workers(text)
+    assert text.strip() in one_line(info)
+
+
 def test_bad_symbol_is_a_config_error() -> None:
     assert parse_symbols("eth/btc,BTC-USDT") == ("ETHBTC", "BTCUSDT")
     with pytest.raises(ConfigError) as info:
@@ -217,6 +230,7 @@ def test_defaults() -> None:
     assert config.depth == 10
     assert config.max_subscribers == 1000
     assert config.resend_interval == 1.0
+    assert config.reuse_port is False
 
 
 # --- flags and environment --------------------------------------------------------------------
@@ -259,6 +273,17 @@ def test_resend_interval_from_flag_environment_or_default(clean_env: pytest.Monk
     assert serve_config_from_args(parse(["serve"])).resend_interval == 0.25
     args = parse(["serve", "--resend-interval", "5"])
     assert serve_config_from_args(args).resend_interval == 5.0
+
+
+def test_workers_from_flag_environment_or_default(clean_env: pytest.MonkeyPatch) -> None:
+    parse = build_parser().parse_args
+    assert workers_from_args(parse(["serve"])) == 1
+    clean_env.setenv("AGGTRIO_WORKERS", "3")
+    assert workers_from_args(parse(["serve"])) == 3
+    assert workers_from_args(parse(["serve", "--workers", "2"])) == 2
+    clean_env.setenv("AGGTRIO_WORKERS", "lots")
+    with pytest.raises(ConfigError, match="AGGTRIO_WORKERS"):
+        workers_from_args(parse(["serve"]))
 
 
 def test_bad_environment_value_names_the_variable(clean_env: pytest.MonkeyPatch) -> None:

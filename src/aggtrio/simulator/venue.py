@@ -223,6 +223,11 @@ def malform(
     return _dumps(envelope(book))
 
 
+def data_message(session: Session, channel: Channel, rendered: Rendered) -> str:
+    """The wire text of one data message, as ``session``'s venue sends it on ``channel``."""
+    return _dumps(session.envelope(channel, session.payload(channel, rendered)))
+
+
 def _dumps(message: object) -> str:
     return orjson.dumps(message).decode()
 
@@ -347,7 +352,7 @@ class Client:
         if venue.garbage > 0 and venue.fault_rng.random() < venue.garbage:
             kind = venue.fault_rng.choice(GARBAGE_KINDS)
             return await self.send_malformed(venue.malformed_message(session, channel, kind))
-        message = _dumps(session.envelope(channel, session.payload(channel, rendered)))
+        message = data_message(session, channel, rendered)
         venue.note_sent(channel.symbol, rendered)
         if not await self.send(message):
             return False
@@ -634,14 +639,29 @@ class SimulatedVenue(abc.ABC):
     async def _drive(self, state: SymbolState) -> None:
         """Move this symbol's book at random times, ``updates_per_second`` on average."""
         while True:
-            await trio.sleep(state.rng.expovariate(self.updates_per_second))
+            await trio.sleep(self.next_step_delay(state))
             if self._frozen or state.pinned is not None:
                 continue
-            if state.book is None:
-                self._ensure_book(state)
-            else:
-                state.book.step(trio.current_time())
-                self._publish(state)
+            self._step(state, trio.current_time())
+
+    def next_step_delay(self, state: SymbolState) -> float:
+        """Seconds until the symbol's book next moves (exponential: a Poisson process)."""
+        return state.rng.expovariate(self.updates_per_second)
+
+    def step(self, symbol: str, now: float) -> None:
+        """Move ``symbol``'s book once, as the venue's own driver does at random times.
+
+        Sans-IO, for recordings made without serving (the ingest benchmark); like the rest
+        of the venue it must run inside trio (books are created at trio's current time).
+        """
+        self._step(self.symbol_state(symbol), now)
+
+    def _step(self, state: SymbolState, now: float) -> None:
+        if state.book is None:
+            self._ensure_book(state)
+        else:
+            state.book.step(now)
+            self._publish(state)
 
     def render(self, state: SymbolState, depth: int) -> Rendered:
         """The symbol's current book, top ``depth`` levels, as wire text (cached per version)."""

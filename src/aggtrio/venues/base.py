@@ -8,14 +8,19 @@ They never touch a socket; `aggtrio.feed` does the I/O for all of them.
 from __future__ import annotations
 
 import math
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar, Self
 
 import attrs
 import orjson
+import simdjson
 
 from aggtrio.model import PriceLevel, VenueBook
+
+# One side of a venue's book: (price, amount) levels, best first.
+Side = tuple[PriceLevel, ...]
 
 
 class MalformedMessageError(ValueError):
@@ -94,6 +99,35 @@ class VenueAdapter(ABC):
         """Turn one received message into events; raise MalformedMessageError if it is bad."""
 
 
+def lazy_json_object(message: str | bytes) -> simdjson.Object:
+    """Validate a whole venue message, building Python values only for the parts read.
+
+    For large messages of which a few parts are used (Bitstamp's 100 levels a side, of
+    which the top `depth` count): simdjson checks all of it at a fraction of the cost of
+    turning it all into Python objects. A fresh parser per message, so no proxy that
+    outlives its message (say, in a logged exception) can block the next parse.
+    """
+    try:
+        document = simdjson.Parser().parse(message)
+    except (ValueError, RuntimeError) as exc:
+        # ValueError: not JSON, or not UTF-8; RuntimeError: valid JSON that simdjson will
+        # not represent, such as an integer beyond 64 bits (none belongs in a book message).
+        raise MalformedMessageError(f"invalid JSON: {exc}") from None
+    if not isinstance(document, simdjson.Object):
+        raise MalformedMessageError("message is not a JSON object")
+    return document
+
+
+def top_entries(value: object, depth: int) -> object:
+    """A lazily parsed book side's first `depth` entries as plain lists; other values as
+    plain Python values, for LevelParser to reject with the exact reason."""
+    if isinstance(value, simdjson.Array):
+        return value[:depth]
+    if isinstance(value, simdjson.Object):
+        return value.as_dict()
+    return value
+
+
 def load_json_object(message: str | bytes) -> dict[str, Any]:
     """Decode a venue message that must be a JSON object."""
     try:
@@ -105,38 +139,119 @@ def load_json_object(message: str | bytes) -> dict[str, Any]:
     return value
 
 
-def parse_side(raw: object, depth: int, *, descending: bool, side: str) -> tuple[PriceLevel, ...]:
-    """Convert the first `depth` ``[price, amount]`` string pairs of one book side to floats.
+# Texts a LevelParser remembers before it starts afresh: a few minutes of a busy book's
+# prices and amounts, a few MB at most.
+LEVEL_MEMO_LIMIT = 50_000
+_PRICE = operator.itemgetter(0)
 
-    Only the levels that can reach the merged top-`depth` are converted (float() on strings is
-    the dominant parsing cost). Prices and amounts must be finite and positive, and prices
-    strictly ordered best-first; anything else makes the whole message malformed.
+
+class LevelParser:
+    """Converts one side's ``[price, amount]`` string pairs to floats, best first.
+
+    ``float()`` on the texts is the dominant cost of parsing a book, and consecutive messages
+    repeat almost every price and amount, so each text that converted to a valid number is
+    remembered. Anything unusual takes the checked path, which says exactly what is wrong.
+    Only the first `depth` levels are converted: nothing deeper can reach the merged top.
     """
-    if not isinstance(raw, list):
-        raise MalformedMessageError(f"{side} is not a list")
-    levels: list[PriceLevel] = []
-    previous = math.inf if descending else -math.inf
-    for entry in raw[:depth]:
-        if not isinstance(entry, list) or len(entry) < 2:
-            raise MalformedMessageError(f"{side} level {entry!r:.60} is not a [price, amount] pair")
-        price_text, amount_text = entry[0], entry[1]
-        if not isinstance(price_text, str) or not isinstance(amount_text, str):
-            raise MalformedMessageError(f"{side} level {entry!r:.60} does not hold strings")
+
+    __slots__ = ("_memo",)
+
+    def __init__(self) -> None:
+        self._memo: dict[str, float] = {}
+
+    def side(self, raw: object, depth: int, descending: bool, side: str) -> Side:
+        """Prices and amounts must be finite and positive, prices strictly ordered best-first;
+        anything else makes the whole message malformed."""
+        known, number = self._memo.get, self._number
         try:
-            price = float(price_text)
-            amount = float(amount_text)
-        except ValueError:
-            raise MalformedMessageError(f"{side} level {entry!r:.60} is not numeric") from None
-        if not (0.0 < price < math.inf and 0.0 < amount < math.inf):
-            raise MalformedMessageError(f"{side} level {entry!r:.60} is not positive and finite")
-        if (price >= previous) if descending else (price <= previous):
+            top = raw[:depth]  # type: ignore[index]
+            # 0.0 is never remembered (not positive), so `or` only falls through on a miss.
+            levels = tuple(
+                [
+                    (known(price) or number(price), known(amount) or number(amount))
+                    for price, amount in top
+                ]
+            )
+        except (TypeError, ValueError):
+            # Not a list of pairs, or a bad number: the checked path says exactly what.
+            return self._checked(raw, depth, descending, side)
+        prices = list(map(_PRICE, levels))
+        if not all(map(operator.gt if descending else operator.lt, prices, prices[1:])):
             raise MalformedMessageError(f"{side} prices are not strictly best-first")
-        previous = price
-        levels.append((price, amount))
-    return tuple(levels)
+        return levels
+
+    def _number(self, text: object) -> float:
+        if type(text) is not str:
+            raise TypeError("not a string")
+        value = float(text)
+        if not 0.0 < value < math.inf:
+            raise ValueError("not positive and finite")
+        memo = self._memo
+        if len(memo) >= LEVEL_MEMO_LIMIT:
+            memo.clear()
+        memo[text] = value
+        return value
+
+    def _checked(self, raw: object, depth: int, descending: bool, side: str) -> Side:
+        if not isinstance(raw, list):
+            raise MalformedMessageError(f"{side} is not a list")
+        levels: list[PriceLevel] = []
+        previous = math.inf if descending else -math.inf
+        for entry in raw[:depth]:
+            if not isinstance(entry, list) or len(entry) < 2:
+                raise MalformedMessageError(
+                    f"{side} level {entry!r:.60} is not a [price, amount] pair"
+                )
+            price_text, amount_text = entry[0], entry[1]
+            if not isinstance(price_text, str) or not isinstance(amount_text, str):
+                raise MalformedMessageError(f"{side} level {entry!r:.60} does not hold strings")
+            try:
+                price = float(price_text)
+                amount = float(amount_text)
+            except ValueError:
+                raise MalformedMessageError(f"{side} level {entry!r:.60} is not numeric") from None
+            if not (0.0 < price < math.inf and 0.0 < amount < math.inf):
+                raise MalformedMessageError(
+                    f"{side} level {entry!r:.60} is not positive and finite"
+                )
+            if (price >= previous) if descending else (price <= previous):
+                raise MalformedMessageError(f"{side} prices are not strictly best-first")
+            previous = price
+            levels.append((price, amount))
+        return tuple(levels)
 
 
-def check_book(bids: tuple[PriceLevel, ...], asks: tuple[PriceLevel, ...]) -> None:
+class BookTops:
+    """Turns each symbol's raw top-`depth` levels into a checked venue book, redoing only
+    what changed: a side whose raw levels equal the last accepted ones is reused as is,
+    and a message whose top did not change at all yields nothing (most of Binance's
+    100 ms pushes; Bitstamp's 100-level messages whose change lies deeper)."""
+
+    __slots__ = ("_last", "_levels", "depth")
+
+    def __init__(self, depth: int) -> None:
+        self.depth = depth
+        self._levels = LevelParser()
+        # Per symbol: (raw bids, raw asks, bids, asks) last accepted.
+        self._last: dict[str, tuple[object, object, Side, Side]] = {}
+
+    def update(self, symbol: str, raw_bids: object, raw_asks: object) -> tuple[Side, Side] | None:
+        """The symbol's new (bids, asks), or None if its top is unchanged; raises
+        MalformedMessageError (and forgets nothing) if a side or the book is bad."""
+        last = self._last.get(symbol)
+        same_bids = last is not None and raw_bids == last[0]
+        same_asks = last is not None and raw_asks == last[1]
+        if same_bids and same_asks:
+            return None
+        side = self._levels.side
+        bids = last[2] if last and same_bids else side(raw_bids, self.depth, True, "bids")
+        asks = last[3] if last and same_asks else side(raw_asks, self.depth, False, "asks")
+        check_book(bids, asks)
+        self._last[symbol] = (raw_bids, raw_asks, bids, asks)
+        return bids, asks
+
+
+def check_book(bids: Side, asks: Side) -> None:
     """A venue's whole top of book must have both sides and must not cross itself.
 
     The pairs served are liquid: an empty side is a broken message, not a market.

@@ -13,13 +13,12 @@ from typing import Any, ClassVar
 from aggtrio.model import VenueBook
 from aggtrio.venues.base import (
     AdapterEvent,
+    BookTops,
     MalformedMessageError,
     ReconnectRequested,
     VenueAdapter,
     VenueError,
-    check_book,
     load_json_object,
-    parse_side,
 )
 
 STREAM_SUFFIX = "@depth20@100ms"
@@ -34,9 +33,7 @@ class BinanceAdapter(VenueAdapter):
     def __init__(self, symbols: Sequence[str], depth: int) -> None:
         super().__init__(symbols, depth)
         self._symbol_by_stream = {s.lower() + STREAM_SUFFIX: s for s in self.symbols}
-        # Raw top-`depth` levels last turned into a book, per symbol: an unchanged top
-        # (most 100 ms pushes) is recognised by comparing strings, before any float().
-        self._last_raw: dict[str, tuple[Any, Any]] = {}
+        self._tops = BookTops(depth)
 
     def connect_url(self, base_url: str) -> str:
         # Subscribing through the URL costs no subscribe messages (they count against the
@@ -64,14 +61,10 @@ class BinanceAdapter(VenueAdapter):
             raw_asks = data["asks"][: self.depth]
         except (KeyError, TypeError):
             raise MalformedMessageError("depth payload without bids/asks lists") from None
-        raw_top = (raw_bids, raw_asks)
-        if self._last_raw.get(symbol) == raw_top:
-            return []
-        bids = parse_side(raw_bids, self.depth, descending=True, side="bids")
-        asks = parse_side(raw_asks, self.depth, descending=False, side="asks")
-        check_book(bids, asks)
-        self._last_raw[symbol] = raw_top
-        return [VenueBook(self.name, symbol, bids, asks, recv_ns)]
+        book = self._tops.update(symbol, raw_bids, raw_asks)
+        if book is None:
+            return []  # the same top again: Binance pushes every 100 ms, changed or not
+        return [VenueBook(self.name, symbol, book[0], book[1], recv_ns)]
 
     def _handle_control(self, message: dict[str, Any]) -> list[AdapterEvent]:
         if "error" in message:

@@ -7,21 +7,23 @@ which Bitstamp answers: silence after a heartbeat is staleness, silence alone is
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import orjson
+import simdjson
 
 from aggtrio.model import VenueBook
 from aggtrio.venues.base import (
     AdapterEvent,
+    BookTops,
     MalformedMessageError,
     ReconnectRequested,
     Subscribed,
     VenueAdapter,
     VenueError,
-    check_book,
+    lazy_json_object,
     load_json_object,
-    parse_side,
+    top_entries,
 )
 
 CHANNEL_PREFIX = "order_book_"
@@ -37,6 +39,7 @@ class BitstampAdapter(VenueAdapter):
     def __init__(self, symbols: Sequence[str], depth: int) -> None:
         super().__init__(symbols, depth)
         self._symbol_by_channel = {CHANNEL_PREFIX + s.lower(): s for s in self.symbols}
+        self._tops = BookTops(depth)
 
     def connect_url(self, base_url: str) -> str:
         return base_url.rstrip("/")
@@ -51,10 +54,12 @@ class BitstampAdapter(VenueAdapter):
         return HEARTBEAT
 
     def handle_message(self, message: str | bytes, recv_ns: int) -> list[AdapterEvent]:
+        document = lazy_json_object(message)
+        if document.get("event") == "data":
+            return self._book(document, recv_ns)
+        # Anything else is small and rare: plain Python values are simpler to inspect.
         envelope = load_json_object(message)
         event = envelope.get("event")
-        if event == "data":
-            return [self._book(envelope, recv_ns)]
         if event == "bts:heartbeat":
             return []
         if event == "bts:subscription_succeeded":
@@ -72,15 +77,21 @@ class BitstampAdapter(VenueAdapter):
         # The channel comes off the wire: it may be any JSON value, including unhashable ones.
         return self._symbol_by_channel.get(channel) if isinstance(channel, str) else None
 
-    def _book(self, envelope: dict[str, Any], recv_ns: int) -> VenueBook:
+    def _book(self, envelope: simdjson.Object, recv_ns: int) -> list[AdapterEvent]:
         channel = envelope.get("channel")
         symbol = self._symbol_for(channel)
         if symbol is None:
-            raise MalformedMessageError(f"data for a channel we did not subscribe: {channel!r:.60}")
+            raise MalformedMessageError(
+                f"data for a channel we did not subscribe: {top_entries(channel, 1)!r:.60}"
+            )
         data = envelope.get("data")
-        if not isinstance(data, dict):
+        if not isinstance(data, simdjson.Object):
             raise MalformedMessageError("data message without a data object")
-        bids = parse_side(data.get("bids"), self.depth, descending=True, side="bids")
-        asks = parse_side(data.get("asks"), self.depth, descending=False, side="asks")
-        check_book(bids, asks)
-        return VenueBook(self.name, symbol, bids, asks, recv_ns)
+        book = self._tops.update(
+            symbol,
+            top_entries(data.get("bids"), self.depth),
+            top_entries(data.get("asks"), self.depth),
+        )
+        if book is None:
+            return []  # Bitstamp sends 100 levels on any change; this one was deeper
+        return [VenueBook(self.name, symbol, book[0], book[1], recv_ns)]
