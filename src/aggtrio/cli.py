@@ -294,6 +294,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _run_server(main: Callable[[], Awaitable[int | None]], config: ServeConfig, prog: str) -> int:
     """trio.run(main), its failure to listen as one line; the exit status."""
+    from aggtrio.server import tune_gc
+
+    tune_gc()
     try:
         code = trio.run(main)
     except BaseException as exc:

@@ -12,8 +12,9 @@ aggtrio's handlers have (they wait for the next publish). Like aggtrio's, a stre
 with one message; the rest flow once the ``go`` command came, so that all the streams of a
 measurement can be opened first (a server sending flat out accepts connections slowly).
 
-Both serve through aggtrio's own `ConnectionHandler`, as ``aggtrio serve`` does, and
-implement only ``BookSummaryForSymbol``, the call the benchmark's clients make. Run as
+Both serve through aggtrio's own `ConnectionHandler` with the garbage collector tuned as
+``aggtrio serve`` does, and implement only ``BookSummaryForSymbol``, the call the
+benchmark's clients make. Run as
 ``python -m aggtrio.bench.floor relay --venue-url NAME=URL ...`` or ``... stream``; each
 reports ``ready`` with its port and exits when its standard input closes.
 """
@@ -34,7 +35,7 @@ from aggtrio._proto.orderbook_pb2 import Summary
 from aggtrio.bench.child import commands, emit
 from aggtrio.broadcast import Broadcast
 from aggtrio.feed import CONNECT_TIMEOUT, DISCONNECT_TIMEOUT, MAX_MESSAGE_SIZE, MESSAGE_QUEUE_SIZE
-from aggtrio.server import ConnectionHandler
+from aggtrio.server import ConnectionHandler, tune_gc
 from aggtrio.venues import ADAPTERS
 from aggtrio.websocket import open_client_websocket
 
@@ -139,6 +140,7 @@ def main() -> None:
     parser.add_argument("--venue-url", action="append", default=[], metavar="NAME=URL")
     args = parser.parse_args()
     venue_urls = dict(text.split("=", 1) for text in args.venue_url)
+    tune_gc()
     trio.run(run, args.mode, venue_urls)
 
 
