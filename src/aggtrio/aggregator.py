@@ -129,10 +129,9 @@ class _SymbolBook:
         self.published: tuple[MergedSide, MergedSide, tuple[str, ...]] | None = None
 
     def update(self, venue: str, tagged: TaggedBook) -> None:
-        if venue in self.tagged:
-            self.tagged[venue] = tagged
-        else:  # a venue joins: rare, so re-sorting here keeps every merge sort-free
-            self.tagged[venue] = tagged
+        joins = venue not in self.tagged
+        self.tagged[venue] = tagged
+        if joins:  # rare, so re-sorting here keeps every merge free of it
             self._reorder()
 
     def remove(self, venue: str) -> bool:
@@ -181,10 +180,7 @@ class Aggregator:
                 self._publish_if_changed(symbol, book, event.at_ns)
 
     def _publish_if_changed(self, symbol: str, book: _SymbolBook, arrival: int) -> None:
-        if book.tagged:
-            bids, asks = merge_tagged(list(book.tagged.values()), self.depth)
-        else:
-            bids, asks = (), ()
+        bids, asks = merge_tagged(list(book.tagged.values()), self.depth)
         live = book.live
         published = (bids, asks, live)
         if published == book.published:

@@ -34,7 +34,7 @@ def tag_levels(book: VenueBook, depth: int) -> TaggedBook:
 
 
 def merge_tagged(books: Sequence[TaggedBook], depth: int) -> tuple[MergedSide, MergedSide]:
-    """Merge tagged books given in exchange-name order.
+    """Merge tagged books given in exchange-name order (none gives two empty sides).
 
     Sorting is stable, also with ``reverse=True``, so a sort by the last tie-breaker first
     and then by each earlier key gives the full ordering with C-level keys: the exchange
@@ -54,10 +54,7 @@ def merge_tagged(books: Sequence[TaggedBook], depth: int) -> tuple[MergedSide, M
 
 def merge_books(books: Iterable[VenueBook], depth: int) -> tuple[MergedSide, MergedSide]:
     """Return the merged (bids, asks), each holding exactly min(depth, available) levels."""
-    tagged = [tag_levels(book, depth) for book in sorted(books, key=_VENUE)]
-    if not tagged:
-        return (), ()
-    return merge_tagged(tagged, depth)
+    return merge_tagged([tag_levels(book, depth) for book in sorted(books, key=_VENUE)], depth)
 
 
 def spread(bids: MergedSide, asks: MergedSide) -> float:
