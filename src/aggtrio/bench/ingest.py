@@ -170,9 +170,3 @@ def run_ingest_bench(*, quick: bool = False) -> dict[str, Any]:
         "messages_per_second": 1e9 / pipeline_ns,
         "venues": venues,
     }
-
-
-if __name__ == "__main__":  # a quick look while profiling: python -m aggtrio.bench.ingest
-    import sys
-
-    print(orjson.dumps(run_ingest_bench(quick="--quick" in sys.argv), option=orjson.OPT_INDENT_2))

@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,10 +71,19 @@ def _share(value: float) -> str:
     return f"{value * 100:.0f}%"
 
 
-def render_ingest(console: Console, result: dict[str, Any]) -> None:
-    table = Table(title="Ingest: CPU per venue message, in-process (µs)")
-    for column in ("venue", "µs / message", "floor µs / message", "ratio", "messages"):
+def _table(title: str, columns: Sequence[str]) -> Table:
+    """A table whose columns are all right-aligned (they hold numbers)."""
+    table = Table(title=title)
+    for column in columns:
         table.add_column(column, justify="right")
+    return table
+
+
+def render_ingest(console: Console, result: dict[str, Any]) -> None:
+    table = _table(
+        "Ingest: CPU per venue message, in-process (µs)",
+        ("venue", "µs / message", "floor µs / message", "ratio", "messages"),
+    )
     for venue, row in result.get("venues", {}).items():
         floor = row["floor_us_per_message"]
         ratio = f"{row['us_per_message'] / floor:.2f}" if floor else ""
@@ -94,13 +103,11 @@ def render_ingest(console: Console, result: dict[str, Any]) -> None:
 
 def render_latency(console: Console, result: dict[str, Any]) -> None:
     targets = result["targets"]
-    table = Table(
-        title="Latency: venue message received (arrival_time) → summary at the subscriber (µs)"
-    )
     columns = ["rate", "subs", "server", "samples", "p50", "p90", "p99", "p99.9", "max"]
     columns += ["msg/s", "server CPU", "p50 / floor", "p99 / floor", "target"]
-    for column in columns:
-        table.add_column(column, justify="right")
+    table = _table(
+        "Latency: venue message received (arrival_time) → summary at the subscriber (µs)", columns
+    )
     for row in result["rows"]:
         for name in ("aggtrio", "floor"):
             stats = row[name]
@@ -137,12 +144,10 @@ def render_latency(console: Console, result: dict[str, Any]) -> None:
 
 
 def render_fanout(console: Console, result: dict[str, Any]) -> None:
-    table = Table(title="Fan-out: subscriber-messages per second from one server")
     columns = ["subs", "server", "msg/s", "server CPU", "µs CPU / msg", "clients CPU (each)"]
     columns += ["venues CPU", "other CPU", "saturated", "msg/s / floor", "floor µs / ours"]
     columns += ["target"]
-    for column in columns:
-        table.add_column(column, justify="right")
+    table = _table("Fan-out: subscriber-messages per second from one server", columns)
     for row in result["rows"]:
         for name in ("aggtrio", "floor"):
             stats = row[name]
@@ -175,9 +180,10 @@ def render_fanout(console: Console, result: dict[str, Any]) -> None:
     if result["workers_note"]:
         console.print(f"workers: {result['workers_note']}")
     if result["workers_scaling"]:
-        scaling = Table(title="Fan-out with serve --workers N")
-        for column in ("subs", "workers", "msg/s", "server CPU", "clients CPU (each)", "speed-up"):
-            scaling.add_column(column, justify="right")
+        scaling = _table(
+            "Fan-out with serve --workers N",
+            ("subs", "workers", "msg/s", "server CPU", "clients CPU (each)", "speed-up"),
+        )
         for row in result["workers_scaling"]:
             for workers, stats in row["by_workers"].items():
                 scaling.add_row(
@@ -193,9 +199,7 @@ def render_fanout(console: Console, result: dict[str, Any]) -> None:
 
 def render_memory(console: Console, result: dict[str, Any]) -> None:
     stalled = result["stalled"]
-    table = Table(title="Memory: server resident set (VmRSS, MiB)")
-    for column in ("measure", "value", "target"):
-        table.add_column(column, justify="right")
+    table = _table("Memory: server resident set (VmRSS, MiB)", ("measure", "value", "target"))
     table.add_row("idle (venues connected, no subscriber)", f"{result['idle_mib']}", "")
     table.add_row(
         f"{result['subscribers']} subscribers streaming "

@@ -18,16 +18,13 @@ import attrs
 import trio
 
 from aggtrio.bench.fanout import FanoutPlan, run_fanout
+from aggtrio.bench.ingest import run_ingest_bench
 from aggtrio.bench.latency import LatencyPlan, run_latency
 from aggtrio.bench.memory import MemoryPlan, run_memory
 from aggtrio.bench.processes import BenchError, first_error
 from aggtrio.bench.report import RENDERERS, console, machine_info, machine_line, write_json
 
 SECTIONS = ("ingest", "latency", "fanout", "memory")
-
-
-class SkippedError(Exception):
-    """A section that cannot run here; not a failure."""
 
 
 @attrs.frozen
@@ -76,16 +73,6 @@ def _run_trio(section: Callable[..., Awaitable[dict[str, Any]]], *args: Any) -> 
         raise
 
 
-def _run_ingest(quick: bool) -> dict[str, Any]:
-    try:
-        from aggtrio.bench.ingest import run_ingest_bench
-    except ModuleNotFoundError as exc:
-        if exc.name != "aggtrio.bench.ingest":
-            raise
-        raise SkippedError("aggtrio.bench.ingest is not on this branch yet") from None
-    return run_ingest_bench(quick=quick)
-
-
 def run_bench(options: BenchOptions) -> int:
     out = console()
     machine = machine_info()
@@ -99,11 +86,10 @@ def run_bench(options: BenchOptions) -> int:
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "process_logs": str(log_dir),
         "sections": {},
-        "skipped": {},
         "errors": {},
     }
     runs: dict[str, Callable[[], dict[str, Any]]] = {
-        "ingest": lambda: _run_ingest(options.quick),
+        "ingest": lambda: run_ingest_bench(quick=options.quick),
         "latency": lambda: _run_trio(run_latency, log_dir, latency),
         "fanout": lambda: _run_trio(run_fanout, log_dir, fanout),
         "memory": lambda: _run_trio(run_memory, log_dir, memory),
@@ -114,10 +100,6 @@ def run_bench(options: BenchOptions) -> int:
             started = time.monotonic()
             try:
                 result = runs[section]()
-            except SkippedError as exc:
-                results["skipped"][section] = str(exc)
-                out.print(f"skipped: {exc}", highlight=False)
-                continue
             except BenchError as exc:
                 results["errors"][section] = str(exc)
                 out.print(f"[red]aggtrio bench: {section}: {exc}[/red]", highlight=False)
