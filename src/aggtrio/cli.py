@@ -217,7 +217,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="the project's benchmark: ingest, latency, fan-out and memory (README)"
     )
     bench.add_argument(
-        "--only", metavar="SECTIONS", help="comma-separated: ingest,latency,fanout,memory (all)"
+        "--only",
+        metavar="SECTIONS",
+        help="comma-separated: book,ingest,latency,fanout,memory (all)",
     )
     bench.add_argument("--quick", action="store_true", help="a smoke run of a few seconds")
     bench.add_argument(

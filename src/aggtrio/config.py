@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from aggtrio.symbols import InvalidSymbolError, parse_symbol_list
+from aggtrio.symbols import InvalidSymbolError, UnknownPairError, parse_symbol_list, venue_pair
 from aggtrio.venues import ADAPTERS, DEFAULT_VENUES
 
 MAX_DEPTH = 1000
@@ -51,6 +51,15 @@ class ServeConfig:
     # Off for a lone server, so that a second server on its port fails loudly instead of
     # silently taking half the clients.
     reuse_port: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        # Known offline, so refuse at startup rather than subscribe to a pair no venue has.
+        for venue in self.venues:
+            for symbol in self.symbols:
+                try:
+                    venue_pair(venue, symbol)
+                except UnknownPairError as exc:
+                    raise ConfigError(f"{exc}; drop {venue} from --venues or the pair") from None
 
     @property
     def default_symbol(self) -> str:

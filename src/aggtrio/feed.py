@@ -29,6 +29,7 @@ from aggtrio.venues.base import (
     CrossedBookError,
     MalformedMessageError,
     ReconnectRequested,
+    Resync,
     Subscribed,
     VenueAdapter,
     VenueError,
@@ -103,6 +104,8 @@ class FeedStats:
     # Of the malformed: a venue's own book crossed (best bid >= best ask), dropped.
     crossed: int = 0
     venue_errors: int = 0
+    # A symbol's book broke continuity (sequence gap, checksum mismatch) and was refetched.
+    resyncs: int = 0
     # Connections opened after the first (any cause, orderly handovers included).
     reconnects: int = 0
     stalls: int = 0
@@ -119,7 +122,7 @@ class FeedStats:
     def summary(self) -> str:
         return (
             f"messages={self.messages} malformed={self.malformed} "
-            f"reconnects={self.reconnects} stalls={self.stalls}"
+            f"reconnects={self.reconnects} stalls={self.stalls} resyncs={self.resyncs}"
         )
 
 
@@ -143,6 +146,10 @@ class _ReconnectNow(Exception):
     """The venue asked for a reconnect and no handover is possible: close at once."""
 
 
+class _ResyncByReconnect(Exception):
+    """A symbol's book broke and the venue cannot resend one symbol's snapshot alone."""
+
+
 class _HandedOver(Exception):
     """A successor connection now carries every symbol this one did."""
 
@@ -152,7 +159,13 @@ UNEXPECTED = "unexpected error"
 
 # Our own reasons for ending a connection: when one is among the errors a close produced,
 # it is the one to report.
-_OWN_REASONS = (_HandedOver, _ReconnectNow, StaleFeedError, TooMuchGarbageError)
+_OWN_REASONS = (
+    _HandedOver,
+    _ReconnectNow,
+    _ResyncByReconnect,
+    StaleFeedError,
+    TooMuchGarbageError,
+)
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -188,6 +201,8 @@ def _why_connection_ended(exc: BaseException) -> str:
         return f"reconnect requested: {exc}"
     if isinstance(exc, StaleFeedError):
         return f"stale: {exc}"
+    if isinstance(exc, _ResyncByReconnect):
+        return f"resync: {exc}"
     if isinstance(exc, TooMuchGarbageError):
         return f"recycled: {exc}"
     if isinstance(exc, trio_websocket.ConnectionClosed):
@@ -474,8 +489,32 @@ class Feed:
                 elif isinstance(event, VenueError):
                     stats.venue_errors += 1
                     self._error_log(log.warning, f"{self.venue}: {event.message}")
+                elif isinstance(event, Resync):
+                    await self._resync(connection, ws, event)
                 elif isinstance(event, Subscribed):
                     log.debug("%s: subscribed to %s", self.venue, event.symbol)
+
+    async def _resync(
+        self, connection: _Connection, ws: trio_websocket.WebSocketConnection, event: Resync
+    ) -> None:
+        """Take the symbol out of the merged book and ask the venue for a fresh snapshot.
+
+        A venue that breaks continuity over and over counts against the garbage limit, so
+        it gets a fresh connection (with backoff) rather than an endless resubscribe loop.
+        """
+        self.stats.resyncs += 1
+        log.warning("%s: resyncing %s: %s", self.venue, event.symbol, event.reason)
+        await self._report_symbol_down(connection, event.symbol, f"resync: {event.reason}")
+        messages = connection.adapter.resubscribe_messages(event.symbol)
+        if not messages:
+            raise _ResyncByReconnect(f"{event.symbol}: {event.reason}")
+        for message in messages:
+            await ws.send_message(message)
+        try:
+            connection.note_garbage()
+        except TooMuchGarbageError:
+            self.stats.garbage_recycles += 1
+            raise
 
     def _take(self, connection: _Connection, symbol: str) -> bool:
         """Whether `connection`'s book for `symbol` goes to the aggregator: yes unless a newer
@@ -494,6 +533,16 @@ class Feed:
         if self._is_current(connection):
             self._set_state(FeedState.LIVE)
         return True
+
+    async def _report_symbol_down(self, connection: _Connection, symbol: str, reason: str) -> None:
+        """One symbol of a live connection leaves the merged book until its book is back."""
+        if symbol not in connection.owned:
+            return
+        connection.owned.discard(symbol)
+        del self._owners[symbol]
+        if connection.retiring and not connection.owned:
+            connection.handed_over.set()  # nothing left to hand over
+        await self._events.send(VenueDown(self.venue, (symbol,), reason, time.time_ns()))
 
     async def _report_down(self, connection: _Connection, reason: str) -> None:
         if not connection.owned:

@@ -101,6 +101,18 @@ def render_ingest(console: Console, result: dict[str, Any]) -> None:
     console.print(f"ingest: {result['messages_per_second']:,.0f} messages/s on one core")
 
 
+def render_book(console: Console, result: dict[str, Any]) -> None:
+    per_size = result["us"]
+    sizes = list(next(iter(per_size.values())))
+    table = _table(
+        f"Delta book: CPU per message ({result['changes_per_message']} changes + top-10 read), µs",
+        ("side structure", *(f"{size} levels" for size in sizes)),
+    )
+    for name, row in per_size.items():
+        table.add_row(name, *(f"{row[size]:.2f}" for size in sizes))
+    console.print(table)
+
+
 def render_latency(console: Console, result: dict[str, Any]) -> None:
     targets = result["targets"]
     columns = ["rate", "subs", "server", "samples", "p50", "p90", "p99", "p99.9", "max"]
@@ -228,6 +240,7 @@ def render_memory(console: Console, result: dict[str, Any]) -> None:
 
 
 RENDERERS: dict[str, Callable[[Console, dict[str, Any]], None]] = {
+    "book": render_book,
     "ingest": render_ingest,
     "latency": render_latency,
     "fanout": render_fanout,

@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 import trio
 
+from aggtrio.bench.book import run_book_bench
 from aggtrio.bench.fanout import FanoutPlan, run_fanout
 from aggtrio.bench.ingest import run_ingest_bench
 from aggtrio.bench.latency import LatencyPlan, run_latency
@@ -24,7 +25,7 @@ from aggtrio.bench.memory import MemoryPlan, run_memory
 from aggtrio.bench.processes import BenchError, first_error
 from aggtrio.bench.report import RENDERERS, console, machine_info, machine_line, write_json
 
-SECTIONS = ("ingest", "latency", "fanout", "memory")
+SECTIONS = ("book", "ingest", "latency", "fanout", "memory")
 
 
 @attrs.frozen
@@ -89,6 +90,7 @@ def run_bench(options: BenchOptions) -> int:
         "errors": {},
     }
     runs: dict[str, Callable[[], dict[str, Any]]] = {
+        "book": lambda: run_book_bench(quick=options.quick),
         "ingest": lambda: run_ingest_bench(quick=options.quick),
         "latency": lambda: _run_trio(run_latency, log_dir, latency),
         "fanout": lambda: _run_trio(run_fanout, log_dir, fanout),

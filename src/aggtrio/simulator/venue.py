@@ -340,10 +340,16 @@ class Client:
             return False
         return True
 
-    async def send_data(self, channel: Channel, rendered: Rendered) -> bool:
+    async def send_data(
+        self, channel: Channel, rendered: Rendered, message: str | None = None
+    ) -> bool:
         """Send one data message, unless the venue's faults say otherwise: nothing while
         muted, a malformed message instead now and then (garbage_rate), and a reset once a
-        pending drop_connections() count is used up. False once the connection is gone."""
+        pending drop_connections() count is used up. False once the connection is gone.
+
+        `message` is the wire text when the session built it (delta venues, whose messages
+        depend on what the connection was sent before); by default the session's payload
+        and envelope for `rendered`."""
         venue, session = self.venue, self.session
         if session is None or self.ended:
             return False
@@ -352,7 +358,8 @@ class Client:
         if venue.garbage > 0 and venue.fault_rng.random() < venue.garbage:
             kind = venue.fault_rng.choice(GARBAGE_KINDS)
             return await self.send_malformed(venue.malformed_message(session, channel, kind))
-        message = data_message(session, channel, rendered)
+        if message is None:
+            message = data_message(session, channel, rendered)
         venue.note_sent(channel.symbol, rendered)
         if not await self.send(message):
             return False

@@ -52,7 +52,20 @@ class VenueError:
     message: str
 
 
-AdapterEvent = VenueBook | ReconnectRequested | Subscribed | VenueError
+@attrs.frozen(slots=True)
+class Resync:
+    """The venue's book for `symbol` can no longer be trusted (a sequence gap, a checksum
+    mismatch, an out-of-order delta): it leaves the merged book and is subscribed afresh.
+
+    The adapter emits this once per break and ignores the symbol's deltas until a new
+    snapshot arrives; the feed reports the symbol down and sends `resubscribe_messages`.
+    """
+
+    symbol: str
+    reason: str
+
+
+AdapterEvent = VenueBook | ReconnectRequested | Subscribed | VenueError | Resync
 
 
 class VenueAdapter(ABC):
@@ -78,6 +91,11 @@ class VenueAdapter(ABC):
     @abstractmethod
     def subscribe_messages(self) -> list[str]:
         """Messages to send right after connecting (may be empty)."""
+
+    def resubscribe_messages(self, symbol: str) -> list[str]:
+        """Messages that bring a fresh snapshot of `symbol` on this connection, after a
+        Resync. Empty (the default) means the venue cannot do that: the feed reconnects."""
+        return []
 
     def heartbeat_message(self) -> str | None:
         """The application-level heartbeat to send every `heartbeat_interval` seconds."""

@@ -1,0 +1,96 @@
+"""What the adapters of snapshot-then-delta venues share: a book per symbol, and the rule
+that a book whose continuity broke is dropped until a new snapshot arrives.
+
+A venue adapter (Kraken, Coinbase, OKX, Bybit) parses and validates its own messages; it
+hands snapshots and level changes to :class:`DeltaBooks`, which keeps each symbol's
+:class:`~aggtrio.book.DeltaBook`, turns a changed top into a
+:class:`~aggtrio.model.VenueBook`, and turns a break into exactly one
+:class:`~aggtrio.venues.base.Resync` (later deltas are ignored until the next snapshot).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+from aggtrio.book import DeltaBook
+from aggtrio.model import PriceLevel, VenueBook
+from aggtrio.venues.base import AdapterEvent, MalformedMessageError, Resync, Side
+
+
+def level_number(text: object, what: str, *, zero_ok: bool) -> float:
+    """A price or amount from a delta: a finite number, positive (or zero where a zero
+    amount deletes the level). Strings and JSON numbers are both accepted."""
+    if isinstance(text, str):
+        try:
+            value = float(text)
+        except ValueError:
+            raise MalformedMessageError(f"{what} {text!r:.40} is not numeric") from None
+    elif isinstance(text, int | float) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        raise MalformedMessageError(f"{what} {text!r:.40} is not a number")
+    if not (0.0 <= value < math.inf if zero_ok else 0.0 < value < math.inf):
+        raise MalformedMessageError(f"{what} {text!r:.40} is out of range")
+    return value
+
+
+class DeltaBooks:
+    """The books of one connection's symbols, each synced (from a snapshot) or not."""
+
+    __slots__ = ("_books", "_published", "depth", "venue")
+
+    def __init__(self, venue: str, depth: int) -> None:
+        self.venue = venue
+        self.depth = depth
+        # Only synced symbols have a book; a symbol awaiting its snapshot has none.
+        self._books: dict[str, DeltaBook] = {}
+        # The (bids, asks) last published per symbol, to publish only changes.
+        self._published: dict[str, tuple[Side, Side]] = {}
+
+    def synced(self, symbol: str) -> bool:
+        return symbol in self._books
+
+    def book(self, symbol: str) -> DeltaBook | None:
+        """The symbol's book if it is synced; None while it awaits a snapshot."""
+        return self._books.get(symbol)
+
+    def snapshot(
+        self, symbol: str, bids: Iterable[PriceLevel], asks: Iterable[PriceLevel]
+    ) -> DeltaBook:
+        """Start `symbol` afresh from a snapshot; apply deltas to the returned book."""
+        book = self._books.get(symbol) or DeltaBook()
+        book.replace(bids, asks)
+        self._books[symbol] = book
+        self._published.pop(symbol, None)
+        return book
+
+    def publish(self, symbol: str, recv_ns: int) -> list[AdapterEvent]:
+        """The symbol's top after a message: a VenueBook if it changed, nothing if not.
+
+        A book that has lost a side or crossed itself was built from a broken stream (a
+        venue's own book never crosses), so that is a break, not a market to merge.
+        """
+        book = self._books.get(symbol)
+        if book is None:
+            return []
+        bids, asks = book.top(self.depth)
+        last = self._published.get(symbol)
+        if last is not None and last[0] == bids and last[1] == asks:
+            return []  # the change lay below the top `depth`
+        if not bids or not asks:
+            return self.break_(symbol, "the book lost a side")
+        if bids[0][0] >= asks[0][0]:
+            return self.break_(
+                symbol, f"the book crossed: best bid {bids[0][0]!r} >= best ask {asks[0][0]!r}"
+            )
+        self._published[symbol] = (bids, asks)
+        return [VenueBook(self.venue, symbol, bids, asks, recv_ns)]
+
+    def break_(self, symbol: str, reason: str) -> list[AdapterEvent]:
+        """Continuity broke: forget the book; one Resync if it was synced, else nothing
+        (it is already awaiting a snapshot)."""
+        self._published.pop(symbol, None)
+        if self._books.pop(symbol, None) is None:
+            return []
+        return [Resync(symbol, reason)]
