@@ -14,7 +14,7 @@ from aggtrio.simulator.venue import SimulatedVenue
 
 logger = logging.getLogger(__name__)
 
-SIMULATORS: dict[str, type[BinanceSimulator] | type[BitstampSimulator]] = {
+SIMULATORS: dict[str, type[SimulatedVenue]] = {
     "binance": BinanceSimulator,
     "bitstamp": BitstampSimulator,
 }
