@@ -75,6 +75,8 @@ class BookSide:
             for key in keys[depth:]:
                 del self._amounts[key * sign]
             del keys[depth:]
+            if depth < self._top_depth:
+                self._top = None
 
     def top(self, depth: int) -> Side:
         """The best `depth` levels as (price, amount), best first."""

@@ -290,3 +290,12 @@ def test_bad_environment_value_names_the_variable(clean_env: pytest.MonkeyPatch)
     clean_env.setenv("AGGTRIO_DEPTH", "0")
     with pytest.raises(ConfigError, match="AGGTRIO_DEPTH"):
         serve_config_from_args(build_parser().parse_args(["serve"]))
+
+
+def test_a_pair_a_venue_cannot_spell_is_refused_at_startup_naming_both() -> None:
+    with pytest.raises(ConfigError) as info:
+        ServeConfig(symbols=("ETHBTC", "ABCXYZ"), venues=("binance", "okx"))
+    assert one_line(info).startswith("okx: cannot tell base from quote in 'ABCXYZ'")
+    assert "drop okx from --venues or the pair" in one_line(info)
+    # Venues that spell pairs without a separator need no split.
+    assert ServeConfig(symbols=("ABCXYZ",), venues=("binance", "bybit")).symbols == ("ABCXYZ",)

@@ -7,8 +7,11 @@ import pytest
 from aggtrio.symbols import (
     MAX_SYMBOL_LENGTH,
     InvalidSymbolError,
+    UnknownPairError,
     normalize_symbol,
     parse_symbol_list,
+    split_pair,
+    venue_pair,
 )
 
 
@@ -107,3 +110,49 @@ def test_symbol_list_of_one() -> None:
 def test_symbol_list_with_a_bad_entry_is_rejected(text: str) -> None:
     with pytest.raises(InvalidSymbolError):
         parse_symbol_list(text)
+
+
+@pytest.mark.parametrize(
+    ("symbol", "base", "quote"),
+    [
+        ("ETHBTC", "ETH", "BTC"),
+        ("BTCUSDT", "BTC", "USDT"),  # the longest quote that fits, not BTCUSD/T
+        ("BTCUSD", "BTC", "USD"),
+        ("eth-usdc", "ETH", "USDC"),
+        ("SOLEUR", "SOL", "EUR"),
+    ],
+)
+def test_split_pair_finds_base_and_quote(symbol: str, base: str, quote: str) -> None:
+    assert split_pair(symbol) == (base, quote)
+
+
+@pytest.mark.parametrize("symbol", ["ABCXYZ", "BTC"])
+def test_split_pair_refuses_a_pair_with_no_known_quote(symbol: str) -> None:
+    with pytest.raises(UnknownPairError, match="cannot tell base from quote"):
+        split_pair(symbol)
+
+
+@pytest.mark.parametrize(
+    ("venue", "spelling"),
+    [
+        ("binance", "ethbtc"),
+        ("bitstamp", "ethbtc"),
+        ("kraken", "ETH/BTC"),
+        ("coinbase", "ETH-BTC"),
+        ("okx", "ETH-BTC"),
+        ("bybit", "ETHBTC"),
+    ],
+)
+def test_venue_pair_spells_the_pair_as_each_venue_does(venue: str, spelling: str) -> None:
+    assert venue_pair(venue, "eth/btc") == spelling
+
+
+def test_venue_pair_names_the_venue_when_it_cannot_spell_the_pair() -> None:
+    with pytest.raises(UnknownPairError, match=r"^kraken: cannot tell base from quote in 'ABCXYZ'"):
+        venue_pair("kraken", "ABCXYZ")
+    assert venue_pair("bybit", "ABCXYZ") == "ABCXYZ"  # no split needed
+
+
+def test_venue_pair_refuses_an_unknown_venue() -> None:
+    with pytest.raises(ValueError, match="no pair spelling known for venue 'ftx'"):
+        venue_pair("ftx", "ETHBTC")
