@@ -3,6 +3,8 @@ holding exactly what a plain dict of price -> amount would, read best first."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +31,9 @@ def _model_top(
 
 @settings(max_examples=500)
 @given(descending=st.booleans(), operations=st.lists(OPERATIONS, max_size=60))
-def test_side_matches_a_plain_dict_model(descending: bool, operations: list[tuple]) -> None:  # type: ignore[type-arg]
+def test_side_matches_a_plain_dict_model(
+    descending: bool, operations: list[tuple[Any, ...]]
+) -> None:
     side = BookSide(descending=descending)
     model: dict[float, float] = {}
     for operation in operations:
