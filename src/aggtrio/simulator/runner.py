@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from typing import Protocol
 
 import trio
 
@@ -14,7 +15,14 @@ from aggtrio.simulator.venue import SimulatedVenue
 
 logger = logging.getLogger(__name__)
 
-SIMULATORS: dict[str, type[SimulatedVenue]] = {
+
+class SimulatorClass(Protocol):
+    """A simulator class: each has its own keyword options, all with defaults."""
+
+    def __call__(self, market: Market, *, seed: int | None = None) -> SimulatedVenue: ...
+
+
+SIMULATORS: dict[str, SimulatorClass] = {
     "binance": BinanceSimulator,
     "bitstamp": BitstampSimulator,
 }
