@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import orjson
@@ -184,7 +184,7 @@ class CoinbaseSession(DeltaSession):
             return
         # The ack goes out before the snapshots: their loops start only after it is sent.
         self._subscribed.set()
-        if not await self._ack(client):
+        if not await self._ack(client, products):
             return
         for product, symbol in zip(products, symbols, strict=True):
             assert symbol is not None
@@ -209,9 +209,12 @@ class CoinbaseSession(DeltaSession):
             self._heartbeats = None
         await self._ack(client)
 
-    async def _ack(self, client: Client) -> bool:
+    async def _ack(self, client: Client, adding: Sequence[str] = ()) -> bool:
+        """The subscriptions message: everything subscribed now, with `adding` (products
+        whose snapshots follow the ack)."""
         current: dict[str, list[str]] = {}
         level2 = [channel.name for channel in self.channels()]
+        level2 += [product for product in adding if product not in level2]
         if level2:
             current[LEVEL2] = level2
         if self._heartbeats is not None:
