@@ -186,3 +186,15 @@ async def test_a_stalled_venue_is_stale_and_replaced(
     with trio.fail_after(TIMEOUT):
         await wait_until(lambda: coinbase.connections_total >= 2)
     await books.wait_in_sync(coinbase)
+
+
+async def test_a_huge_message_is_refused_and_the_feed_reconnects(
+    nursery: trio.Nursery, coinbase: CoinbaseSimulator
+) -> None:
+    feed, books = await run_feed(nursery, coinbase)
+    await coinbase.send_malformed("huge", "ETHBTC")
+    with trio.fail_after(TIMEOUT):
+        await wait_until(lambda: coinbase.connections_total == 2)
+    await books.wait_in_sync(coinbase)
+    assert feed.stats.reconnects == 1
+    assert feed.stats.resyncs == 0
