@@ -88,7 +88,13 @@ class CoinbaseSession(DeltaSession):
         self._subscribed = trio.Event()
 
     def next_sequence(self) -> int:
-        """Take the next sequence_num (the caller sends that message next)."""
+        """Take the next sequence_num (the caller sends that message next, with no
+        checkpoint in between, so numbers reach the wire in order).
+
+        Known limit: a data loop cancelled by an unsubscribe while its send waits for a
+        congested socket never sends the number it took, which shows as a gap; the real
+        venue would not skip one. The adapter resyncs by reconnecting, never unsubscribes.
+        """
         number = self._sequence
         self._sequence += 1
         return number
