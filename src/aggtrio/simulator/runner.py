@@ -10,6 +10,7 @@ import trio
 
 from aggtrio.simulator.binance import BinanceSimulator
 from aggtrio.simulator.bitstamp import BitstampSimulator
+from aggtrio.simulator.coinbase import CoinbaseSimulator
 from aggtrio.simulator.market import Market
 from aggtrio.simulator.venue import SimulatedVenue
 
@@ -25,6 +26,7 @@ class SimulatorClass(Protocol):
 SIMULATORS: dict[str, SimulatorClass] = {
     "binance": BinanceSimulator,
     "bitstamp": BitstampSimulator,
+    "coinbase": CoinbaseSimulator,
 }
 
 
