@@ -282,7 +282,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "AGGTRIO_DEPTH",
         Scalar(parse_depth, (int,), "an integer"),
         _serve_default("depth"),
-        "levels per side in a summary",
+        "levels per side in a summary (1-1000)",
     ),
     Option(
         "liveness_timeout",
@@ -299,7 +299,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "AGGTRIO_MAX_SUBSCRIBERS",
         Scalar(parse_max_subscribers, (int,), "an integer"),
         _serve_default("max_subscribers"),
-        "client streams served at once, over all symbols; more are refused with RESOURCE_EXHAUSTED",
+        "client streams served at once, over both RPCs and all symbols (at least 1); more "
+        "are refused with RESOURCE_EXHAUSTED",
     ),
     Option(
         "resend_interval",
@@ -307,7 +308,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "AGGTRIO_RESEND_INTERVAL",
         SECONDS,
         _serve_default("resend_interval"),
-        "seconds without a change after which a client is sent the latest summary again",
+        "seconds without a change after which a client is sent the latest summary again "
+        "(more than 0)",
     ),
     Option(
         "log_level",
@@ -331,7 +333,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "AGGTRIO_WORKERS",
         Scalar(parse_workers, (int,), "an integer"),
         1,
-        "processes sharing the port (SO_REUSEPORT), each with its own venue connections",
+        "processes sharing the port (1-64), each with its own venue connections "
+        "(README: Using more than one core)",
     ),
     Option(
         "metrics_port",
@@ -568,3 +571,18 @@ def worker_args(config: ServeConfig) -> list[str]:
             if value is not None:
                 args += option.kind.to_args(option.flag, value)
     return args
+
+
+def markdown_table(options: Iterable[Option]) -> str:
+    """The README's table of `options` (tests/unit/test_settings.py keeps them equal)."""
+    rows = [
+        "| flag | environment variable | config file key | default | meaning |",
+        "|---|---|---|---|---|",
+    ]
+    for option in options:
+        env = " or ".join(f"`{name}`" for name in (option.env, *option.env_aliases))
+        default = option.shown_default()
+        if option.default_text is None:
+            default = f"`{default}`"
+        rows.append(f"| `{option.flag}` | {env} | `{option.name}` | {default} | {option.help} |")
+    return "\n".join(rows) + "\n"
