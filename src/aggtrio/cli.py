@@ -61,6 +61,7 @@ def _resolve(section: str, args: argparse.Namespace) -> settings.Resolved:
     environment or a file that changed since."""
     if getattr(args, "internal_worker", None) is not None:
         return settings.resolve(section, args, {}, None)
+    settings.check_environment(os.environ)
     config_file = settings.load_config_file(args.config, os.environ)
     return settings.resolve(section, args, os.environ, config_file)
 

@@ -407,6 +407,19 @@ def all_env_names() -> set[str]:
     return names
 
 
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse an AGGTRIO_* variable that no option reads: a misspelt one would otherwise
+    be silently ignored, and the default used instead."""
+    prefix = "AGGTRIO_"
+    known = {name.removeprefix(prefix): name for name in all_env_names()}
+    for name in sorted(environ):
+        if name.startswith(prefix) and name not in known.values():
+            # Matched without the prefix, which every name shares.
+            close = difflib.get_close_matches(name.removeprefix(prefix), list(known), n=1)
+            hint = f"did you mean {known[close[0]]}?" if close else "--help lists them"
+            raise ConfigError(f"unknown environment variable {name} ({hint})")
+
+
 def add_flags(parser: argparse.ArgumentParser, options: Iterable[Option]) -> None:
     """One flag per option; absent flags stay None so that the next source is looked at."""
     for option in options:

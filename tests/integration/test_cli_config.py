@@ -100,6 +100,12 @@ async def test_a_bad_config_file_or_variable_is_one_line_and_status_2(tmp_path: 
             "expected HOST:PORT",
         ),
         (
+            ["serve"],
+            {"AGGTRIO_MAX_SUBSCRIBER": "5"},
+            "aggtrio serve: error: unknown environment variable AGGTRIO_MAX_SUBSCRIBER "
+            "(did you mean AGGTRIO_MAX_SUBSCRIBERS?)",
+        ),
+        (
             ["serve", "--metrics-port", "9100"],
             {},
             "aggtrio serve: error: --metrics-port: metrics_port is not available in this build",

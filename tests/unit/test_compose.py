@@ -51,7 +51,9 @@ def dockerfile_env() -> dict[str, str]:
     env: dict[str, str] = {}
     for word, rest in dockerfile_instructions():
         if word == "ENV":
-            env.update(pair.split("=", 1) for pair in shlex.split(rest))
+            for pair in shlex.split(rest):
+                name, _, value = pair.partition("=")
+                env[name] = value
     return env
 
 

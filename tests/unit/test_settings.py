@@ -277,14 +277,12 @@ def _pairs(resolved: Resolved) -> list[tuple[object, str]]:
 
 def test_every_serve_config_field_is_an_option_with_the_same_default() -> None:
     options = {option.name: option for option in SERVE_OPTIONS}
+    defaults = ServeConfig()
     for field in attrs.fields(ServeConfig):
         if field.name == "reuse_port":  # set by the program for its workers, not by operators
             assert field.name not in options
             continue
-        default = field.default
-        if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            default = default.factory()
-        assert options[field.name].default == default, field.name
+        assert options[field.name].default == getattr(defaults, field.name), field.name
 
 
 def test_every_watch_config_field_is_an_option() -> None:
@@ -307,3 +305,21 @@ def test_the_readme_tables_are_the_tables_of_options() -> None:
     readme = (ROOT / "README.md").read_text()
     assert settings.markdown_table(SERVE_OPTIONS) in readme
     assert settings.markdown_table(WATCH_OPTIONS) in readme
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("AGGTRIO_PROT", "unknown environment variable AGGTRIO_PROT (did you mean AGGTRIO_PORT?)"),
+        ("AGGTRIO_LOGLEVEL", "(did you mean AGGTRIO_LOG_LEVEL?)"),
+        ("AGGTRIO_ZZZ", "unknown environment variable AGGTRIO_ZZZ (--help lists them)"),
+    ],
+)
+def test_a_misspelt_variable_is_refused_not_ignored(name: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        settings.check_environment({name: "1", "AGGTRIO_PORT": "1", "PATH": "/bin"})
+    assert expected in error_of(info)
+
+
+def test_every_known_variable_passes_the_check() -> None:
+    settings.check_environment(dict.fromkeys(settings.all_env_names(), "x"))
