@@ -70,14 +70,19 @@ class Kind(Protocol):
 
 
 def _toml_string(text: str) -> str:
-    # A JSON string is a valid TOML basic string (same escapes).
-    return json.dumps(text, ensure_ascii=False)
+    # A JSON string is a TOML basic string with the same escapes, but for DEL, which TOML
+    # wants escaped and JSON leaves as it is.
+    return json.dumps(text, ensure_ascii=False).replace("\x7f", "\\u007f")
 
 
 def _describe(value: object) -> str:
+    """What a TOML value is, for an error: "a string ('50051')", "an array", …"""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
-    kind = names.get(type(value), "a list" if isinstance(value, list) else "a table")
-    return f"{kind} ({value!r})" if not isinstance(value, (list, dict)) else kind
+    return f"{names.get(type(value), 'a date or time')} ({value!r})"
 
 
 @attrs.frozen

@@ -243,7 +243,7 @@ def test_port_zero_for_both_servers_is_allowed() -> None:
 
 def test_print_config_loads_back_as_the_same_configuration(tmp_path: Path) -> None:
     toml = '[serve]\nsymbols = ["ETHBTC", "BTCUSDT"]\nvenue_urls = { binance = "ws://h:1" }\n'
-    env = {"AGGTRIO_RESEND_INTERVAL": "0.1", "AGGTRIO_HOST": 'a "quoted" host'}
+    env = {"AGGTRIO_RESEND_INTERVAL": "0.1", "AGGTRIO_HOST": 'a "quoted" \\ host\x7f'}
     original = resolve_serve("--workers", "3", "--log-format", "json", env=env, toml=toml)
     printed = original.to_toml()
     reloaded = resolve("serve", serve_args(), {}, parse_config_file("printed.toml", printed))
