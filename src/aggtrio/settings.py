@@ -93,6 +93,7 @@ class Scalar(Generic[T]):
     parse: Callable[[str], T]
     toml_types: tuple[type, ...]
     expected: str  # what the TOML value should be, for errors: "an integer"
+    metavar: str | None = None  # how --help names the value
 
     def from_text(self, text: str) -> T:
         return self.parse(text)
@@ -113,7 +114,7 @@ class Scalar(Generic[T]):
         return [f"{flag}={value}"]
 
     def argparse_options(self) -> dict[str, Any]:
-        return {}
+        return {} if self.metavar is None else {"metavar": self.metavar}
 
 
 @attrs.frozen
@@ -200,9 +201,9 @@ class Switch:
 
 
 TEXT = Scalar(str.strip, (str,), "a string")
-PORT = Scalar(parse_port, (int,), "an integer")
-SECONDS = Scalar(parse_seconds, (int, float), "a number")
-PATH = Scalar(parse_path, (str,), "a string")
+PORT = Scalar(parse_port, (int,), "an integer", "PORT")
+SECONDS = Scalar(parse_seconds, (int, float), "a number", "SECONDS")
+PATH = Scalar(parse_path, (str,), "a string", "PATH")
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -285,7 +286,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "depth",
         "--depth",
         "AGGTRIO_DEPTH",
-        Scalar(parse_depth, (int,), "an integer"),
+        Scalar(parse_depth, (int,), "an integer", "N"),
         _serve_default("depth"),
         "levels per side in a summary (1-1000)",
     ),
@@ -302,7 +303,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "max_subscribers",
         "--max-subscribers",
         "AGGTRIO_MAX_SUBSCRIBERS",
-        Scalar(parse_max_subscribers, (int,), "an integer"),
+        Scalar(parse_max_subscribers, (int,), "an integer", "N"),
         _serve_default("max_subscribers"),
         "client streams served at once, over both RPCs and all symbols (at least 1); more "
         "are refused with RESOURCE_EXHAUSTED",
@@ -320,7 +321,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "log_level",
         "--log-level",
         "AGGTRIO_LOG_LEVEL",
-        Scalar(parse_log_level, (str,), "a string"),
+        Scalar(parse_log_level, (str,), "a string", "LEVEL"),
         _serve_default("log_level"),
         "DEBUG, INFO, WARNING or ERROR",
     ),
@@ -328,7 +329,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "log_format",
         "--log-format",
         "AGGTRIO_LOG_FORMAT",
-        Scalar(parse_log_format, (str,), "a string"),
+        Scalar(parse_log_format, (str,), "a string", "{text,json}"),
         _serve_default("log_format"),
         "text (for people) or json (one object per line, for log shippers)",
     ),
@@ -336,7 +337,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "workers",
         "--workers",
         "AGGTRIO_WORKERS",
-        Scalar(parse_workers, (int,), "an integer"),
+        Scalar(parse_workers, (int,), "an integer", "N"),
         1,
         "processes sharing the port (1-64), each with its own venue connections "
         "(README: Using more than one core)",
@@ -375,7 +376,7 @@ WATCH_OPTIONS: tuple[Option, ...] = (
         "server",
         "--server",
         "AGGTRIO_WATCH_SERVER",
-        Scalar(parse_server, (str,), "a string"),
+        Scalar(parse_server, (str,), "a string", "HOST:PORT"),
         _watch_default("server"),
         "HOST:PORT of the server",
         env_aliases=("AGGTRIO_SERVER",),
