@@ -16,7 +16,8 @@ LIBRARY_LOGGERS = ("trio-websocket", "purerpc", "hpack", "h2", "anyio")
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record: ts, level, logger, message, and exception if any."""
+    """One JSON object per record: ts, level, logger, message; process (the tag), exception
+    and stack when there are any."""
 
     def __init__(self, tag: str | None = None) -> None:
         super().__init__()
@@ -36,6 +37,8 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         elif record.exc_text:
             line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
         return orjson.dumps(line).decode()
 
 

@@ -95,3 +95,12 @@ def test_configuring_twice_leaves_one_handler(capsys: pytest.CaptureFixture[str]
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="xml"):
         configure_logging("INFO", "xml")
+
+
+def test_json_keeps_a_requested_stack_on_the_same_line(capsys: pytest.CaptureFixture[str]) -> None:
+    configure_logging("INFO", "json")
+    logging.getLogger("aggtrio").info("where am I", stack_info=True)
+    (line,) = capsys.readouterr().err.splitlines()
+    record = orjson.loads(line)
+    assert record["stack"].startswith("Stack (most recent call last):")
+    assert "test_json_keeps_a_requested_stack_on_the_same_line" in record["stack"]

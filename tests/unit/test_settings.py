@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -303,8 +305,16 @@ def test_names_flags_and_variables_are_unique_and_spelled_alike(
 
 def test_the_readme_tables_are_the_tables_of_options() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert settings.markdown_table(SERVE_OPTIONS) in readme
-    assert settings.markdown_table(WATCH_OPTIONS) in readme
+    for options in (SERVE_OPTIONS, WATCH_OPTIONS):
+        assert settings.markdown_table(options) in readme
+    # The script that writes them agrees (run it without --check after changing an option).
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "readme_settings.py"), "--check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "")
 
 
 @pytest.mark.parametrize(
