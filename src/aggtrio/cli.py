@@ -83,7 +83,8 @@ NOT_YET_AVAILABLE = ("metrics_port", "tls_cert", "tls_key", "tls", "ca")
 
 def _refuse_unavailable(resolved: settings.Resolved) -> None:
     for name in NOT_YET_AVAILABLE:
-        if name in resolved.values and resolved.sources[name] != settings.DEFAULT:
+        value = resolved.values.get(name)
+        if value is not None and value is not False:  # set, and not to "off"
             raise ConfigError(f"{resolved.sources[name]}: {name} is not available in this build")
 
 
