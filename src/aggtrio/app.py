@@ -64,6 +64,7 @@ async def run_service(
     )
     async with trio.open_nursery() as nursery:
         nursery.start_soon(aggregator.run, receive)
+        nursery.start_soon(service.report_streams)
         for broadcast in broadcasts.values():
             nursery.start_soon(broadcast.resend_when_quiet, config.resend_interval)
         serve = functools.partial(

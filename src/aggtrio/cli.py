@@ -1,7 +1,8 @@
 """Command line: ``aggtrio serve | watch | demo | simulate | bench``.
 
-Each serve flag can also come from an ``AGGTRIO_*`` environment variable (flag wins). A bad
-value prints one line, ``aggtrio <command>: error: <reason>``, and exits with status 2.
+Each serve and watch flag can also come from an ``AGGTRIO_*`` environment variable or a TOML
+config file (settings.py). A bad value prints one line, ``aggtrio <command>: error:
+<reason>``, and exits with status 2.
 """
 
 from __future__ import annotations
@@ -14,27 +15,22 @@ import random
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import NoReturn, TypeVar
+from typing import NoReturn
 
 import attrs
 import trio
 
-from aggtrio import __version__
+from aggtrio import __version__, settings
 from aggtrio.config import (
     ConfigError,
     ServeConfig,
-    configure_logging,
-    parse_depth,
     parse_log_level,
-    parse_max_subscribers,
     parse_port,
     parse_seconds,
     parse_symbols,
-    parse_venue_urls,
-    parse_venues,
-    parse_workers,
 )
 from aggtrio.exception_groups import single_leaf
+from aggtrio.logs import configure_logging
 from aggtrio.workers import (
     Supervisor,
     WorkersFailedError,
@@ -46,7 +42,6 @@ from aggtrio.workers import (
 )
 
 log = logging.getLogger("aggtrio")
-T = TypeVar("T")
 
 # How long clients get to receive their UNAVAILABLE status before the process exits.
 SHUTDOWN_GRACE = 1.0
@@ -59,101 +54,48 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _option(
-    args: argparse.Namespace, name: str, parse: Callable[[str], T], default: T, env: str
-) -> T:
-    """Flag > environment variable > default; errors name where the bad value came from."""
-    flag = getattr(args, name)
-    if flag is not None:
-        source, text = "--" + name.replace("_", "-"), flag
-    elif env in os.environ:
-        source, text = env, os.environ[env]
-    else:
-        return default
-    try:
-        return parse(text)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+def _resolve(section: str, args: argparse.Namespace) -> settings.Resolved:
+    """The command's effective settings: flags, then AGGTRIO_* variables, then the config
+    file, then defaults. A worker of `serve --workers` takes its flags alone: its
+    supervisor passed it the whole configuration, and must not be second-guessed by an
+    environment or a file that changed since."""
+    if getattr(args, "internal_worker", None) is not None:
+        return settings.resolve(section, args, {}, None)
+    settings.check_environment(os.environ)
+    config_file = settings.load_config_file(args.config, os.environ)
+    return settings.resolve(section, args, os.environ, config_file)
 
 
 def serve_config_from_args(args: argparse.Namespace) -> ServeConfig:
-    defaults = ServeConfig()
-    env_urls = os.environ.get("AGGTRIO_VENUE_URL", "")
-    url_texts = args.venue_url if args.venue_url else env_urls.split()
-    try:
-        venue_urls = parse_venue_urls(url_texts)
-    except ConfigError as exc:
-        source = "--venue-url" if args.venue_url else "AGGTRIO_VENUE_URL"
-        raise ConfigError(f"{source}: {exc}") from None
-    return ServeConfig(
-        host=_option(args, "host", str.strip, defaults.host, "AGGTRIO_HOST"),
-        port=_option(args, "port", parse_port, defaults.port, "AGGTRIO_PORT"),
-        symbols=_option(args, "symbols", parse_symbols, defaults.symbols, "AGGTRIO_SYMBOLS"),
-        venues=_option(args, "venues", parse_venues, defaults.venues, "AGGTRIO_VENUES"),
-        venue_urls=venue_urls,
-        depth=_option(args, "depth", parse_depth, defaults.depth, "AGGTRIO_DEPTH"),
-        log_level=_option(
-            args, "log_level", parse_log_level, defaults.log_level, "AGGTRIO_LOG_LEVEL"
-        ),
-        liveness_timeout=_option(
-            args, "liveness_timeout", parse_seconds, None, "AGGTRIO_LIVENESS_TIMEOUT"
-        ),
-        max_subscribers=_option(
-            args,
-            "max_subscribers",
-            parse_max_subscribers,
-            defaults.max_subscribers,
-            "AGGTRIO_MAX_SUBSCRIBERS",
-        ),
-        resend_interval=_option(
-            args,
-            "resend_interval",
-            parse_seconds,
-            defaults.resend_interval,
-            "AGGTRIO_RESEND_INTERVAL",
-        ),
-    )
+    return settings.serve_config(_resolve("serve", args))
 
 
 def workers_from_args(args: argparse.Namespace) -> int:
     """How many serving processes `serve` runs (1: this process alone, no supervisor)."""
-    return _option(args, "workers", parse_workers, 1, "AGGTRIO_WORKERS")
+    workers: int = _resolve("serve", args).values["workers"]
+    return workers
+
+
+# Options in the table whose feature lands with branch ops-observe (metrics, health, TLS).
+# Until then a value for one is refused rather than silently ignored.
+NOT_YET_AVAILABLE = ("metrics_port", "tls_cert", "tls_key", "tls", "ca")
+
+
+def _refuse_unavailable(resolved: settings.Resolved) -> None:
+    for name in NOT_YET_AVAILABLE:
+        value = resolved.values.get(name)
+        if value is not None and value is not False:  # set, and not to "off"
+            raise ConfigError(f"{resolved.sources[name]}: {name} is not available in this build")
 
 
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", help="gRPC port (default 50051; 0 picks a free one)")
+    settings.add_flags(parser, settings.SERVE_OPTIONS)
+    settings.add_config_flag(parser)
     parser.add_argument(
-        "--symbols", help="comma-separated pairs, first is BookSummary's (default ETHBTC)"
-    )
-    parser.add_argument("--venues", help="comma-separated venues (default binance,bitstamp)")
-    parser.add_argument(
-        "--venue-url",
-        action="append",
-        metavar="NAME=URL",
-        help="replace a venue's base endpoint, e.g. binance=ws://127.0.0.1:9001 (repeatable)",
-    )
-    parser.add_argument("--depth", help="levels per side in a summary (default 10)")
-    parser.add_argument(
-        "--liveness-timeout",
-        help="seconds without any venue message before a connection is stale "
-        "(default: per venue, binance 5, bitstamp 15)",
-    )
-    parser.add_argument(
-        "--max-subscribers",
-        help="client streams served at once, over all symbols; more are refused with "
-        "RESOURCE_EXHAUSTED (default 1000)",
-    )
-    parser.add_argument(
-        "--resend-interval",
-        help="seconds without a change after which a client is sent the latest summary "
-        "again (default 1.0)",
-    )
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
-    parser.add_argument(
-        "--workers",
-        help="processes sharing the port (SO_REUSEPORT), each with its own venue "
-        "connections (default 1)",
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as TOML, each value's source in a comment, "
+        "and exit",
     )
     # Set by the supervisor of `--workers N` on each worker's command line (workers.py).
     parser.add_argument("--internal-worker", metavar="I/N", help=argparse.SUPPRESS)
@@ -169,9 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = commands.add_parser("watch", help="live view of a symbol's merged book")
     watch.add_argument("symbol", nargs="?", help="pair to watch (default: the server's default)")
-    watch.add_argument(
-        "--server", help="HOST:PORT of the server (default $AGGTRIO_SERVER or 127.0.0.1:50051)"
-    )
+    settings.add_flags(watch, settings.WATCH_OPTIONS)
+    settings.add_config_flag(watch)
     watch.add_argument("--json", action="store_true", help="one JSON object per summary per line")
     watch.add_argument("--count", type=_positive_int, help="exit after N summaries")
 
@@ -275,22 +216,27 @@ async def _serve_worker(config: ServeConfig) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    config = serve_config_from_args(args)
+    resolved = _resolve("serve", args)
+    config = settings.serve_config(resolved)
+    if args.print_config:
+        print(resolved.to_toml(), end="")
+        return 0
+    _refuse_unavailable(resolved)
     if args.internal_worker is not None:
         try:
             index, count = parse_worker_slot(args.internal_worker)
         except ConfigError as exc:
             raise ConfigError(f"--internal-worker: {exc}") from None
         tag = worker_tag(index, count)
-        configure_logging(config.log_level, tag)
+        configure_logging(config.log_level, config.log_format, tag)
         worker = functools.partial(_serve_worker, attrs.evolve(config, reuse_port=True))
         return _run_server(worker, config, f"aggtrio serve [{tag}]")
-    workers = workers_from_args(args)
+    workers: int = resolved.values["workers"]
     if workers == 1:
-        configure_logging(config.log_level)
+        configure_logging(config.log_level, config.log_format)
         return _run_server(functools.partial(_serve, config), config, "aggtrio serve")
     check_shareable(config, workers)
-    configure_logging(config.log_level, "supervisor")
+    configure_logging(config.log_level, config.log_format, "supervisor")
     return _run_server(Supervisor(config, workers).run, config, "aggtrio serve")
 
 
@@ -327,14 +273,12 @@ def _listen_error(exc: BaseException) -> str:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
-    from aggtrio.watch import parse_server_address, run_watch
+    from aggtrio.watch import run_watch
 
-    server = args.server or os.environ.get("AGGTRIO_SERVER", "127.0.0.1:50051")
-    try:
-        parse_server_address(server)
-        symbol = parse_symbols(args.symbol)[0] if args.symbol else None
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    resolved = _resolve("watch", args)
+    _refuse_unavailable(resolved)
+    server = settings.watch_config(resolved).server
+    symbol = parse_symbols(args.symbol)[0] if args.symbol else None
     try:
         return trio.run(lambda: run_watch(server, symbol, json_lines=args.json, count=args.count))
     except KeyboardInterrupt:

@@ -5,13 +5,14 @@ Every parser raises ConfigError with a one-line reason; the CLI prints it and ex
 
 from __future__ import annotations
 
-import logging
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import attrs
 
+from aggtrio.logs import LOG_FORMATS
 from aggtrio.symbols import InvalidSymbolError, UnknownPairError, parse_symbol_list, venue_pair
 from aggtrio.venues import ADAPTERS, DEFAULT_VENUES
 
@@ -39,6 +40,8 @@ class ServeConfig:
     venue_urls: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_mapping)
     depth: int = 10
     log_level: str = "INFO"
+    # "text" for people, "json" (one object per line) for log shippers.
+    log_format: str = "text"
     # Seconds without any message before a venue connection counts as stale; None means
     # each venue's own default.
     liveness_timeout: float | None = None
@@ -51,8 +54,21 @@ class ServeConfig:
     # Off for a lone server, so that a second server on its port fails loudly instead of
     # silently taking half the clients.
     reuse_port: bool = False
+    # Port of the HTTP metrics and health endpoint; None: not served.
+    metrics_port: int | None = None
+    # PEM certificate chain and private key: serve gRPC over TLS (both or neither).
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __attrs_post_init__(self) -> None:
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ConfigError(
+                f"the metrics port and the gRPC port are both {self.port}; "
+                "give --metrics-port another"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            missing = "--tls-key" if self.tls_key is None else "--tls-cert"
+            raise ConfigError(f"TLS needs both --tls-cert and --tls-key; {missing} is not set")
         # Known offline, so refuse at startup rather than subscribe to a pair no venue has.
         for venue in self.venues:
             for symbol in self.symbols:
@@ -166,6 +182,19 @@ def parse_log_level(text: str) -> str:
     return level
 
 
+def parse_log_format(text: str) -> str:
+    log_format = text.strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise ConfigError(f"log format {text!r} is not one of {', '.join(LOG_FORMATS)}")
+    return log_format
+
+
+def parse_path(text: str) -> Path:
+    if not text.strip():
+        raise ConfigError("file name is empty")
+    return Path(text)
+
+
 def parse_seconds(text: str) -> float:
     try:
         seconds = float(text)
@@ -176,10 +205,35 @@ def parse_seconds(text: str) -> float:
     return seconds
 
 
-def configure_logging(level: str, tag: str | None = None) -> None:
-    """Log to stderr; `tag` (e.g. "worker 1/2") marks every line of a process that shares
-    its stderr with others."""
-    where = f"[{tag}] " if tag else ""
-    logging.basicConfig(
-        level=level, format=f"%(asctime)s %(levelname)-7s {where}%(name)s: %(message)s", force=True
-    )
+@attrs.frozen(kw_only=True)
+class WatchConfig:
+    """Where `aggtrio watch` connects, and how."""
+
+    server: str = "127.0.0.1:50051"
+    # Connect with TLS, trusting the system's CAs or, if set, this PEM bundle.
+    tls: bool = False
+    ca: Path | None = None
+
+
+def parse_server(text: str) -> str:
+    """A gRPC server address, HOST:PORT or [IPv6]:PORT, as given."""
+    from aggtrio.watch import parse_server_address
+
+    try:
+        parse_server_address(text)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return text.strip()
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_switch(text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ConfigError(f"{text!r} is not one of {', '.join(_TRUE + _FALSE)}")

@@ -54,6 +54,9 @@ GC_YOUNGEST_THRESHOLD = 10_000
 
 # Seconds between two log lines about refused streams (the ones in between are counted).
 REFUSAL_LOG_INTERVAL = 10.0
+# Seconds between two INFO lines counting the streams opened and closed meanwhile: each
+# stream's own start and end is DEBUG, as a thousand clients reconnecting would flood INFO.
+STREAM_REPORT_INTERVAL = 60.0
 
 # What a vanished client looks like from the server side; none of it is worth a warning.
 _DISCONNECTS: tuple[type[BaseException], ...] = (
@@ -100,6 +103,9 @@ class OrderbookService(OrderbookAggregatorServicer):
         self._open_streams = 0
         self._refused = 0
         self._next_refusal_log = -math.inf
+        # Since the last report_streams line.
+        self._opened = 0
+        self._closed = 0
 
     @property
     def open_streams(self) -> int:
@@ -135,11 +141,10 @@ class OrderbookService(OrderbookAggregatorServicer):
             raise self._refuse()
         broadcast = self._broadcasts[symbol]
         self._open_streams += 1
+        self._opened += 1
         started = trio.current_time()
         sent = 0
-        # One line per stream start and end: who is subscribed is worth seeing at INFO, and
-        # the running count shows how close the server is to --max-subscribers.
-        log.info("stream opened: %s, %d open", symbol, self._open_streams)
+        log.debug("stream opened: %s, %d open", symbol, self._open_streams)
         try:
             seen = 0
             with broadcast.subscription():
@@ -152,13 +157,30 @@ class OrderbookService(OrderbookAggregatorServicer):
                     yield summary
         finally:
             self._open_streams -= 1
-            log.info(
+            self._closed += 1
+            log.debug(
                 "stream closed: %s after %.1f s and %d messages, %d open",
                 symbol,
                 trio.current_time() - started,
                 sent,
                 self._open_streams,
             )
+
+    async def report_streams(self, interval: float = STREAM_REPORT_INTERVAL) -> None:
+        """Every `interval` seconds in which streams opened or closed, one INFO line with
+        the counts: how busy the server is, and how close to --max-subscribers."""
+        while True:
+            await trio.sleep(interval)
+            if self._opened or self._closed:
+                log.info(
+                    "client streams: %d open (limit %d); %d opened, %d closed in the last %g s",
+                    self._open_streams,
+                    self._max_streams,
+                    self._opened,
+                    self._closed,
+                    interval,
+                )
+                self._opened = self._closed = 0
 
     def _refuse(self) -> purerpc.ResourceExhaustedError:
         # A client retrying in a loop must not flood the log: one line per interval at most.

@@ -6,7 +6,8 @@ stops them all on SIGINT or SIGTERM. It runs no pipeline itself. Workers listen 
 SO_REUSEPORT, and the kernel spreads incoming connections across them.
 
 Workers are fresh interpreters, not forks: forking a process that runs trio is unsafe, and
-a worker needs nothing from its parent but its configuration, passed as flags.
+a worker needs nothing from its parent but its configuration, passed as flags (and only
+flags: a worker ignores AGGTRIO_* variables and config files, so all run the same one).
 
 Supervisor and worker talk over two pipes. A worker writes ``ready`` on its stdout once it
 listens. Its stdin is a pipe from the supervisor that is never written to: end-of-file
@@ -29,6 +30,7 @@ import attrs
 import trio
 
 from aggtrio.config import ConfigError, ServeConfig
+from aggtrio.settings import worker_args
 
 log = logging.getLogger(__name__)
 
@@ -75,28 +77,15 @@ def check_shareable(config: ServeConfig, count: int) -> None:
 
 def worker_command(config: ServeConfig, index: int, count: int) -> list[str]:
     """The command line of worker `index` of `count`: the supervisor's whole configuration
-    as flags, which win over any AGGTRIO_* variable the worker inherits."""
-    # FLAG=VALUE, so that no value (a host, say) can be read as a flag.
-    command = [
+    as flags. A worker reads nothing else, neither AGGTRIO_* variables nor a config file."""
+    return [
         sys.executable,
         "-m",
         "aggtrio",
         "serve",
         f"--internal-worker={index}/{count}",
-        f"--host={config.host}",
-        f"--port={config.port}",
-        f"--symbols={','.join(config.symbols)}",
-        f"--venues={','.join(config.venues)}",
-        f"--depth={config.depth}",
-        f"--log-level={config.log_level}",
-        f"--max-subscribers={config.max_subscribers}",
-        # repr: the shortest text that reads back as the same float.
-        f"--resend-interval={config.resend_interval!r}",
+        *worker_args(config),
     ]
-    command += [f"--venue-url={venue}={url}" for venue, url in config.venue_urls.items()]
-    if config.liveness_timeout is not None:
-        command.append(f"--liveness-timeout={config.liveness_timeout!r}")
-    return command
 
 
 def describe_exit(returncode: int) -> str:

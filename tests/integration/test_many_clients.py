@@ -273,7 +273,8 @@ async def test_500_subscribers_hostile_ones_included(
     grpcio_modules: tuple[ModuleType, ModuleType],
     tmp_path: Path,
 ) -> None:
-    args = ["--symbols", ",".join(SYMBOLS), "--max-subscribers", str(LIMIT)]
+    # DEBUG: each stream's "stream closed" line says how many summaries it was sent.
+    args = ["--symbols", ",".join(SYMBOLS), "--max-subscribers", str(LIMIT), "--log-level", "DEBUG"]
     async with running_server(nursery, [*args, *venue_url_args(simulators)]) as server:
         await run_rounds(nursery, server, simulators, grpcio_modules, tmp_path)
 

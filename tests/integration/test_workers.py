@@ -50,7 +50,9 @@ async def two_workers(
     afterwards, like `running_server`, it must stop in order (unless the test stopped it
     some other way), and is killed if the test failed."""
     # The harness passes --port 0 first; workers need a real port, and the last flag wins.
-    args = ["--workers", "2", "--port", str(free_port()), *venue_url_args(sims)]
+    # DEBUG: the tests follow each stream's "stream opened" and "stream closed" lines.
+    args = ["--workers", "2", "--port", str(free_port()), "--log-level", "DEBUG"]
+    args += venue_url_args(sims)
     server = await start_server(nursery, args)
     try:
         with trio.fail_after(10):

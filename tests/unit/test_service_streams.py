@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from typing import cast
 
 import purerpc
 import pytest
@@ -101,3 +103,33 @@ async def test_a_bad_symbol_is_refused_before_it_takes_a_slot() -> None:
     with pytest.raises(purerpc.NotFoundError):
         await anext(svc.BookSummaryForSymbol(SummaryRequest(symbol="XRPUSDT")))
     assert svc.open_streams == 0
+
+
+async def test_streams_are_counted_at_info_once_a_minute_and_each_one_only_at_debug(
+    autojump_clock: trio.abc.Clock, nursery: trio.Nursery, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="aggtrio.server")
+    svc, broadcasts = service(max_streams=5)
+    broadcasts["ETHBTC"].publish(summary(1))
+    nursery.start_soon(svc.report_streams, 60.0)
+    # The handler is an async generator; the generated base class types it more loosely.
+    streams = [cast(AsyncGenerator[PublishedSummary], svc.BookSummary(Empty())) for _ in range(3)]
+    for stream in streams:
+        await anext(stream)
+    await streams[0].aclose()
+    await trio.sleep(61)  # one report, then a quiet minute: no second line
+    await trio.sleep(60)
+    await streams[1].aclose()
+    await trio.sleep(60)
+    await streams[2].aclose()
+
+    def messages(level: int) -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+    assert messages(logging.INFO) == [
+        "client streams: 2 open (limit 5); 3 opened, 1 closed in the last 60 s",
+        "client streams: 1 open (limit 5); 0 opened, 1 closed in the last 60 s",
+    ]
+    debug = messages(logging.DEBUG)
+    assert sum(m.startswith("stream opened: ETHBTC") for m in debug) == 3
+    assert sum(m.startswith("stream closed: ETHBTC") for m in debug) == 3

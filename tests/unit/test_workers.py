@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import sys
+from pathlib import Path
 
 import attrs
 import pytest
@@ -112,43 +113,54 @@ EVERYTHING = ServeConfig(
     venue_urls={"binance": "ws://127.0.0.1:9001", "bitstamp": "wss://example.com:8443"},
     depth=7,
     log_level="DEBUG",
+    log_format="json",
     liveness_timeout=2.5,
     max_subscribers=12,
     resend_interval=0.1,
+    metrics_port=9100,
+    tls_cert=Path("/etc/aggtrio/cert.pem"),
+    tls_key=Path("/etc/aggtrio/key.pem"),
 )
 
 
-def config_of(command: list[str], monkeypatch: pytest.MonkeyPatch) -> ServeConfig:
-    """What a worker started with `command` parses, in an environment that would mislead it
-    if the command did not say everything."""
+def config_of(command: list[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> ServeConfig:
+    """What a worker started with `command` parses, in an environment and with a config
+    file that would mislead it if it read them: it must take its flags alone."""
     assert command[:4] == [sys.executable, "-m", "aggtrio", "serve"]
     monkeypatch.setenv("AGGTRIO_DEPTH", "999")
     monkeypatch.setenv("AGGTRIO_VENUE_URL", "binance=ws://elsewhere:1")
-    monkeypatch.delenv("AGGTRIO_LIVENESS_TIMEOUT", raising=False)
+    # Options a default configuration leaves unset, so no flag for them reaches the worker.
+    monkeypatch.setenv("AGGTRIO_LIVENESS_TIMEOUT", "33")
+    monkeypatch.setenv("AGGTRIO_TLS_CERT", "/misleading/cert.pem")
+    config_file = tmp_path / "aggtrio.toml"
+    config_file.write_text("[serve]\nmetrics_port = 9999\nmax_subscribers = 5\n")
+    monkeypatch.setenv("AGGTRIO_CONFIG", str(config_file))
     return serve_config_from_args(build_parser().parse_args(command[3:]))
 
 
 @pytest.mark.parametrize("config", [EVERYTHING, ServeConfig(venue_urls={"binance": "ws://h:1"})])
 def test_a_worker_runs_exactly_the_supervisors_configuration(
-    config: ServeConfig, monkeypatch: pytest.MonkeyPatch
+    config: ServeConfig, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     command = worker_command(config, 2, 3)
     assert "--internal-worker=2/3" in command
-    assert config_of(command, monkeypatch) == config
+    assert config_of(command, monkeypatch, tmp_path) == config
 
 
 def test_every_configuration_field_reaches_the_workers() -> None:
-    # A new ServeConfig field fails this test until worker_command passes it on (and
-    # EVERYTHING above sets it).
+    # A new ServeConfig field fails this test until EVERYTHING above sets it (and the
+    # settings table has an option for it, or the round trip above fails).
     defaults = ServeConfig()
     for field in attrs.fields(ServeConfig):
         if field.name != "reuse_port":
             assert getattr(EVERYTHING, field.name) != getattr(defaults, field.name), field.name
 
 
-def test_a_host_that_looks_like_a_flag_stays_a_value(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_host_that_looks_like_a_flag_stays_a_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     config = ServeConfig(host="-weird")
-    assert config_of(worker_command(config, 1, 2), monkeypatch).host == "-weird"
+    assert config_of(worker_command(config, 1, 2), monkeypatch, tmp_path).host == "-weird"
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -162,7 +174,7 @@ def test_a_supervisor_that_gave_up_is_one_line_and_status_1(
         raise WorkersFailedError("worker 1/2 failed 5 times in a row; giving up")
 
     monkeypatch.setattr(Supervisor, "run", gives_up)
-    monkeypatch.setattr(cli, "configure_logging", lambda *args: None)
+    monkeypatch.setattr(cli, "configure_logging", lambda *args, **kwargs: None)
     with pytest.raises(SystemExit) as info:
         cli.main(["serve", "--workers", "2", "--port", "50123"])
     assert info.value.code == 1
