@@ -137,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--venue",
         action="append",
         metavar="NAME=PORT",
-        help="venue to simulate and its port (default binance=9001 bitstamp=9002)",
+        help="venue to simulate and its port, repeatable (default: every venue, binance=9001 "
+        "bitstamp=9002 kraken=9003 coinbase=9004 okx=9005 bybit=9006)",
     )
     simulate.add_argument("--seed", type=int, help="seed for a reproducible market")
     simulate.add_argument(
@@ -306,9 +307,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from aggtrio.simulator import SIMULATORS, run_chaos, run_simulators
     from aggtrio.simulator.faults import parse_fault, run_faults
+    from aggtrio.simulator.runner import DEFAULT_PORTS
 
     venues: dict[str, int] = {}
-    for text in args.venue or ["binance=9001", "bitstamp=9002"]:
+    defaults = [f"{name}={DEFAULT_PORTS[name]}" for name in SIMULATORS]
+    for text in args.venue or defaults:
         name, _, port_text = text.partition("=")
         if name not in SIMULATORS:
             known = ", ".join(SIMULATORS)

@@ -12,8 +12,7 @@ import trio
 
 from aggtrio.app import run_service
 from aggtrio.config import ServeConfig
-from aggtrio.simulator import run_simulators
-from aggtrio.venues import DEFAULT_VENUES
+from aggtrio.simulator import SIMULATORS, run_simulators
 from aggtrio.watch import run_watch
 
 
@@ -22,11 +21,12 @@ async def run_demo(
 ) -> int:
     async with trio.open_nursery() as nursery:
         simulators = await nursery.start(
-            functools.partial(run_simulators, dict.fromkeys(DEFAULT_VENUES, 0))
+            functools.partial(run_simulators, dict.fromkeys(SIMULATORS, 0))
         )
         config = ServeConfig(
             port=port,
             symbols=symbols,
+            venues=tuple(simulators),
             venue_urls={name: sim.url for name, sim in simulators.items()},
             log_level="WARNING",
         )

@@ -29,6 +29,17 @@ SIMULATORS: dict[str, SimulatorClass] = {
     "coinbase": CoinbaseSimulator,
 }
 
+# Where `aggtrio simulate` listens by default, one fixed port per venue, so that commands
+# and compose files written against it keep working as venues are added.
+DEFAULT_PORTS: dict[str, int] = {
+    "binance": 9001,
+    "bitstamp": 9002,
+    "kraken": 9003,
+    "coinbase": 9004,
+    "okx": 9005,
+    "bybit": 9006,
+}
+
 
 def make_simulator(name: str, market: Market, *, seed: int | None = None) -> SimulatedVenue:
     """A simulator for venue ``name`` (``"binance"``, ``"bitstamp"``) with its defaults."""
