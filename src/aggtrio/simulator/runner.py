@@ -29,7 +29,8 @@ def make_simulator(name: str, market: Market, *, seed: int | None = None) -> Sim
     except KeyError:
         known = ", ".join(sorted(SIMULATORS))
         raise ValueError(f"no simulator for venue {name!r} (known: {known})") from None
-    return cls(market, seed=seed)
+    # Each registered simulator defaults what the base requires (depth, update rate).
+    return cls(market, seed=seed)  # type: ignore[call-arg]
 
 
 async def run_simulators(
