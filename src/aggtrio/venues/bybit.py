@@ -259,8 +259,8 @@ class BybitAdapter(VenueAdapter):
         if success is False:
             about = f" ({', '.join(request[1])})" if request else ""
             return [VenueError(f"bybit {op!r:.40} failed{about}: {reply.get('ret_msg')!r:.200}")]
-        if success is True and op in ("ping", "pong", "unsubscribe"):
-            return []
+        if op == "pong" or (success is True and op in ("ping", "unsubscribe")):
+            return []  # pongs (spot's, and the other streams' shape) and unsubscribe acks
         if success is True and op == "subscribe":
             if request is None or request[0] != "subscribe":
                 return []  # an ack we cannot attribute: the data will tell
