@@ -194,42 +194,47 @@ class BybitAdapter(VenueAdapter):
         return tuple(levels)
 
     def _levels(self, raw: object, side: str) -> list[PriceLevel]:
-        """A side's ``[price, amount]`` texts as floats: prices positive, amounts >= 0."""
+        """A side's ``[price, amount]`` texts as floats: prices positive, amounts >= 0.
+
+        The hot path: consecutive messages repeat most prices and amounts, so a text seen
+        before costs one dict lookup (``float()`` is the main cost of a level otherwise).
+        Anything unusual takes the checked path, which says exactly what is wrong.
+        """
         if type(raw) is not list:
             raise MalformedMessageError(f"{side} is not a list")
-        number = self._number
+        known, number = self._memo.get, self._number
         levels: list[PriceLevel] = []
         append = levels.append
         try:
             for entry in raw:
                 if type(entry) is not list:
                     raise TypeError("not a list")
-                price, amount = entry
-                append((number(price), number(amount)))
+                price_text, amount_text = entry
+                # An unhashable text (a list) makes get() raise TypeError: checked path.
+                price = known(price_text)
+                if price is None:
+                    price = number(price_text)
+                amount = known(amount_text)
+                if amount is None:
+                    amount = number(amount_text)
+                if not price:
+                    raise ValueError("zero price")
+                append((price, amount))
         except (TypeError, ValueError):
-            levels = self._checked_levels(raw, side)
-        for price, _ in levels:
-            if price == 0.0:
-                raise MalformedMessageError(f"{side} price {price!r} is not positive")
+            return self._checked_levels(raw, side)
         return levels
 
     def _number(self, text: object) -> float:
-        """A finite number >= 0 from its text; TypeError / ValueError otherwise.
-
-        Consecutive messages repeat most prices and amounts, so converted texts are
-        remembered (``float()`` is the main cost of a level)."""
+        """A finite number >= 0 from its text, remembered; TypeError / ValueError if none."""
+        if type(text) is not str:
+            raise TypeError("not a string")
+        value = float(text)
+        if not 0.0 <= value < math.inf:
+            raise ValueError("negative or not finite")
         memo = self._memo
-        # The text comes off the wire: unhashable (a list) raises TypeError here.
-        value: float | None = memo.get(text)  # type: ignore[call-overload]
-        if value is None:
-            if type(text) is not str:
-                raise TypeError("not a string")
-            value = float(text)
-            if not 0.0 <= value < math.inf:
-                raise ValueError("negative or not finite")
-            if len(memo) >= _MEMO_LIMIT:
-                memo.clear()
-            memo[text] = value
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[text] = value
         return value
 
     def _checked_levels(self, raw: list[Any], side: str) -> list[PriceLevel]:
@@ -243,11 +248,14 @@ class BybitAdapter(VenueAdapter):
             if not isinstance(entry[0], str) or not isinstance(entry[1], str):
                 raise MalformedMessageError(f"{side} level {entry!r:.60} does not hold strings")
             try:
-                levels.append((self._number(entry[0]), self._number(entry[1])))
+                price, amount = self._number(entry[0]), self._number(entry[1])
             except ValueError:
                 raise MalformedMessageError(
                     f"{side} level {entry!r:.60} is not a finite number >= 0"
                 ) from None
+            if not price:
+                raise MalformedMessageError(f"{side} level {entry!r:.60} has a zero price")
+            levels.append((price, amount))
         return levels
 
     def _reply(self, reply: dict[str, Any]) -> list[AdapterEvent]:
