@@ -4,16 +4,22 @@ through continuity faults, re-sent snapshots, server disconnects and malformed m
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import trio
 
+from aggtrio._proto.orderbook_pb2 import Summary
+from aggtrio.app import RunningService, run_service
+from aggtrio.config import ServeConfig
 from aggtrio.feed import Feed, FeedState
 from aggtrio.model import BookEvent, VenueBook, VenueDown
-from aggtrio.simulator import MALFORMED_KINDS, Market
+from aggtrio.simulator import MALFORMED_KINDS, BinanceSimulator, Market, SimulatedVenue
 from aggtrio.simulator.bybit import BybitSimulator
 from aggtrio.venues.bybit import BybitAdapter
 
 from .feeds import start_feed, wait_until
+from .harness import first_summary, levels, naive_merge
 
 SYMBOLS = ("ETHBTC", "BTCUSDT")
 DEPTH = 10
@@ -228,3 +234,35 @@ async def test_a_refused_subscription_is_a_venue_error_and_the_feed_stays_up(
         await wait_until(lambda: feed.stats.venue_errors == 1)
     assert feed.stats.state is FeedState.SUBSCRIBED
     assert bybit.subscriptions_rejected == 1
+
+
+async def test_the_service_merges_bybit_with_another_venue(nursery: trio.Nursery) -> None:
+    market = Market(seed=23)
+    sims: dict[str, SimulatedVenue] = {
+        "binance": BinanceSimulator(market, seed=23),
+        "bybit": BybitSimulator(market, seed=23),
+    }
+    for sim in sims.values():
+        await nursery.start(sim.serve)
+    config = ServeConfig(
+        port=0,
+        symbols=SYMBOLS,
+        venues=tuple(sims),
+        venue_urls={name: sim.url for name, sim in sims.items()},
+    )
+    service: RunningService = await nursery.start(functools.partial(run_service, config))
+
+    def both_live(summary: Summary) -> bool:
+        return tuple(summary.live_exchanges) == ("binance", "bybit")
+
+    await first_summary(service.port, "ETHBTC", both_live)
+    for sim in sims.values():
+        sim.freeze()
+
+    def matches(summary: Summary) -> bool:
+        books = {name: sim.book("ETHBTC") for name, sim in sims.items()}
+        bids, asks = naive_merge({name: book for name, book in books.items() if book})
+        return levels(summary.bids) == bids and levels(summary.asks) == asks
+
+    summary = await first_summary(service.port, "ETHBTC", matches)
+    assert "bybit" in {level.exchange for level in [*summary.bids, *summary.asks]}

@@ -10,10 +10,10 @@ Protocol facts (Bybit v5 docs, "Connect" and "Orderbook"):
   [["px", "sz"], …], "a": […], "u": N, "seq": M}, "cts": …}``. Size "0" deletes a level. A
   snapshot (first after subscribing, or re-sent after a problem on Bybit's side) replaces
   the book; ``u == 1`` is a snapshot after a service restart, whatever its ``type``.
-* ``u`` is the topic's update id and is consecutive per topic ("一般情況下該id是連續的",
-  the docs' Chinese edition; the SBE edition: "useful to check continuity"). So a delta must
-  carry the previous ``u`` + 1: a gap, a duplicate or an out-of-order delta all break that,
-  and the symbol is resynced (``seq`` is a cross sequence, not continuous: unused).
+* ``u`` is the topic's update id, "normally consecutive" (the Chinese edition of the
+  Orderbook page; the SBE edition: "monotonic per symbol, useful to check continuity"). So a
+  delta must carry the previous ``u`` + 1: a gap, a duplicate or an out-of-order delta all
+  break that, and the symbol is resynced (``seq``, a cross sequence, is not continuous).
 * Client ping ``{"req_id": …, "op": "ping"}``, answered on spot with ``{"success": true,
   "ret_msg": "pong", "conn_id": …, "op": "ping"}``; Bybit recommends one every 20 s and cuts
   a connection with neither pings nor data after 10 minutes. There is no reconnect notice.
