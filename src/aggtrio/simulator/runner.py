@@ -10,6 +10,7 @@ import trio
 
 from aggtrio.simulator.binance import BinanceSimulator
 from aggtrio.simulator.bitstamp import BitstampSimulator
+from aggtrio.simulator.bybit import BybitSimulator
 from aggtrio.simulator.coinbase import CoinbaseSimulator
 from aggtrio.simulator.market import Market
 from aggtrio.simulator.venue import SimulatedVenue
@@ -27,6 +28,7 @@ SIMULATORS: dict[str, SimulatorClass] = {
     "binance": BinanceSimulator,
     "bitstamp": BitstampSimulator,
     "coinbase": CoinbaseSimulator,
+    "bybit": BybitSimulator,
 }
 
 # Where `aggtrio simulate` listens by default, one fixed port per venue, so that commands

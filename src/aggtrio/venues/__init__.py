@@ -5,10 +5,12 @@ from __future__ import annotations
 from aggtrio.venues.base import VenueAdapter
 from aggtrio.venues.binance import BinanceAdapter
 from aggtrio.venues.bitstamp import BitstampAdapter
+from aggtrio.venues.bybit import BybitAdapter
 from aggtrio.venues.coinbase import CoinbaseAdapter
 
 ADAPTERS: dict[str, type[VenueAdapter]] = {
-    adapter.name: adapter for adapter in (BinanceAdapter, BitstampAdapter, CoinbaseAdapter)
+    adapter.name: adapter
+    for adapter in (BinanceAdapter, BitstampAdapter, CoinbaseAdapter, BybitAdapter)
 }
 DEFAULT_VENUES: tuple[str, ...] = ("binance", "bitstamp")
 
