@@ -27,6 +27,7 @@ from aggtrio.config import (
     parse_depth,
     parse_log_level,
     parse_max_subscribers,
+    parse_path,
     parse_port,
     parse_seconds,
     parse_symbols,
@@ -112,6 +113,9 @@ def serve_config_from_args(args: argparse.Namespace) -> ServeConfig:
             defaults.resend_interval,
             "AGGTRIO_RESEND_INTERVAL",
         ),
+        metrics_port=_option(args, "metrics_port", parse_port, None, "AGGTRIO_METRICS_PORT"),
+        tls_cert=_option(args, "tls_cert", parse_path, None, "AGGTRIO_TLS_CERT"),
+        tls_key=_option(args, "tls_key", parse_path, None, "AGGTRIO_TLS_KEY"),
     )
 
 
@@ -151,6 +155,15 @@ def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING, ERROR (default INFO)")
     parser.add_argument(
+        "--metrics-port",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off; with "
+        "--workers N, worker i serves PORT+i-1)",
+    )
+    parser.add_argument(
+        "--tls-cert", metavar="PATH", help="PEM certificate chain: the gRPC port speaks TLS"
+    )
+    parser.add_argument("--tls-key", metavar="PATH", help="PEM private key of --tls-cert")
+    parser.add_argument(
         "--workers",
         help="processes sharing the port (SO_REUSEPORT), each with its own venue "
         "connections (default 1)",
@@ -174,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--json", action="store_true", help="one JSON object per summary per line")
     watch.add_argument("--count", type=_positive_int, help="exit after N summaries")
+    watch.add_argument("--tls", action="store_true", help="connect with TLS (serve --tls-cert)")
+    watch.add_argument(
+        "--ca",
+        metavar="PATH",
+        help="PEM CA certificate(s) to trust instead of the system's (implies --tls)",
+    )
 
     demo = commands.add_parser(
         "demo", help="simulated Binance and Bitstamp, the server and the live view, offline"
@@ -274,8 +293,18 @@ async def _serve_worker(config: ServeConfig) -> None:
             nursery.cancel_scope.cancel()
 
 
+def _check_tls(config: ServeConfig) -> None:
+    """Load the certificate and key once before anything starts: a bad pair is a usage
+    error (exit 2), not a failure of every worker."""
+    from aggtrio.tls import server_context
+
+    if config.tls_cert is not None and config.tls_key is not None:
+        server_context(config.tls_cert, config.tls_key)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     config = serve_config_from_args(args)
+    _check_tls(config)
     if args.internal_worker is not None:
         try:
             index, count = parse_worker_slot(args.internal_worker)
@@ -327,6 +356,7 @@ def _listen_error(exc: BaseException) -> str:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
+    from aggtrio.tls import client_context
     from aggtrio.watch import parse_server_address, run_watch
 
     server = args.server or os.environ.get("AGGTRIO_SERVER", "127.0.0.1:50051")
@@ -335,8 +365,18 @@ def _cmd_watch(args: argparse.Namespace) -> int:
         symbol = parse_symbols(args.symbol)[0] if args.symbol else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    ssl_context = None
+    if args.tls or args.ca is not None:
+        try:
+            ssl_context = client_context(parse_path(args.ca) if args.ca is not None else None)
+        except ConfigError as exc:
+            raise ConfigError(f"--ca: {exc}") from None
     try:
-        return trio.run(lambda: run_watch(server, symbol, json_lines=args.json, count=args.count))
+        return trio.run(
+            lambda: run_watch(
+                server, symbol, json_lines=args.json, count=args.count, ssl_context=ssl_context
+            )
+        )
     except KeyboardInterrupt:
         return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import types
 from collections.abc import Mapping
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import attrs
@@ -51,8 +52,16 @@ class ServeConfig:
     # Off for a lone server, so that a second server on its port fails loudly instead of
     # silently taking half the clients.
     reuse_port: bool = False
+    # Port of the Prometheus endpoint (/metrics); None: no endpoint. With `serve --workers N`
+    # worker i (1..N) serves it on metrics_port + i - 1.
+    metrics_port: int | None = None
+    # PEM certificate chain and private key: with both, the gRPC port speaks TLS only.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     def __attrs_post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
         # Known offline, so refuse at startup rather than subscribe to a pair no venue has.
         for venue in self.venues:
             for symbol in self.symbols:
@@ -77,6 +86,12 @@ def parse_port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise ConfigError(f"port {port} is out of range 0-65535")
     return port
+
+
+def parse_path(text: str) -> Path:
+    if not text.strip():
+        raise ConfigError("the path is empty")
+    return Path(text.strip())
 
 
 def parse_symbols(text: str) -> tuple[str, ...]:

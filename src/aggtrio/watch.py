@@ -25,6 +25,7 @@ import errno
 import math
 import os
 import socket
+import ssl
 import sys
 import time
 from collections import deque
@@ -528,22 +529,41 @@ class _ClientSocket(GRPCProtoSocket):  # type: ignore[misc]
 
 
 class _Channel(purerpc.client._Channel):  # type: ignore[misc]
-    """``purerpc.insecure_channel`` with a connect timeout, and closing its socket on exit.
+    """``purerpc.insecure_channel`` with a connect timeout, optional TLS, and closing its
+    socket on exit.
 
     Connecting happens before any task group is opened, so the timeout's cancel scope
     never wraps a nursery that outlives it.
     """
 
-    def __init__(self, host: str, port: int, connect_timeout: float):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        connect_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         super().__init__(host, port)
         self._connect_timeout = connect_timeout
+        self._ssl_context = ssl_context
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        if self._ssl_context is None:
+            return await anyio.connect_tcp(self._host, self._port)
+        # HTTP/2 marks its own end of stream, so no TLS close_notify is needed either way.
+        return await anyio.connect_tcp(
+            self._host, self._port, ssl_context=self._ssl_context, tls_standard_compatible=False
+        )
 
     async def __aenter__(self) -> Self:
         try:
             with trio.fail_after(self._connect_timeout):
-                sock = await anyio.connect_tcp(self._host, self._port)
+                sock = await self._connect()
         except trio.TooSlowError:
             raise _Unreachable(f"no connection within {self._connect_timeout:g} s") from None
+        except ssl.SSLError as exc:
+            reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+            raise _Unreachable(f"TLS handshake failed: {reason}") from None
         except OSError as exc:
             raise _Unreachable(_describe_os_error(exc)) from None
         try:
@@ -708,8 +728,9 @@ async def _watch(
     count: int | None,
     out: TextIO | None,
     connect_timeout: float,
+    ssl_context: ssl.SSLContext | None,
 ) -> _Outcome:
-    async with _Channel(host, port, connect_timeout) as channel:
+    async with _Channel(host, port, connect_timeout, ssl_context) as channel:
         stub = orderbook_grpc.OrderbookAggregatorStub(channel)  # type: ignore[no-untyped-call]
         async with aclosing(_summaries(stub, request_symbol)) as summaries:
             if json_lines:
@@ -782,6 +803,7 @@ async def run_watch(
     out: TextIO | None = None,
     err: TextIO | None = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Stream summaries from ``server`` ("HOST:PORT") and show them; return an exit code.
 
@@ -789,7 +811,9 @@ async def run_watch(
     other value is sent as given to ``BookSummaryForSymbol`` (the server normalizes and
     validates it). ``json_lines`` writes one JSON object per summary to ``out`` instead of
     the live view; ``count`` stops with 0 after that many summaries. Errors go to ``err``
-    (default ``sys.stderr``) as one line. See the module docstring for exit codes.
+    (default ``sys.stderr``) as one line. With ``ssl_context`` the connection is TLS (the
+    server's certificate is checked against ``server``'s host name). See the module
+    docstring for exit codes.
 
     Raises :class:`ValueError` for a malformed ``server`` or ``count < 1``, before connecting.
     """
@@ -814,6 +838,7 @@ async def run_watch(
             count=count,
             out=out,
             connect_timeout=connect_timeout,
+            ssl_context=ssl_context,
         )
     except BaseException as exc:
         classified = _classify(exc, address)

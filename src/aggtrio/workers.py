@@ -65,12 +65,29 @@ def parse_worker_slot(text: str) -> tuple[int, int]:
 
 
 def check_shareable(config: ServeConfig, count: int) -> None:
-    """Refuse port 0: each worker would listen on a different free port."""
+    """Refuse port 0: each worker would listen on a different free port. Each worker
+    serves its own metrics, on metrics_port + i - 1: those ports must exist and be known."""
     if config.port == 0:
         raise ConfigError(
             f"{count} workers need a fixed port: with port 0 each would listen on a "
             "different free one"
         )
+    if config.metrics_port == 0:
+        raise ConfigError(
+            f"{count} workers need a fixed --metrics-port: worker i serves its metrics "
+            "on that port + i - 1"
+        )
+    if config.metrics_port is not None and config.metrics_port + count - 1 > 65535:
+        raise ConfigError(
+            f"--metrics-port {config.metrics_port} leaves no room for {count} workers "
+            "(worker i serves its metrics on that port + i - 1)"
+        )
+
+
+def worker_metrics_port(config: ServeConfig, index: int) -> int | None:
+    """Worker `index` (1..N) serves its metrics on metrics_port + index - 1: a scrape of
+    one shared port would reach a random worker, and counters would jump between them."""
+    return None if config.metrics_port is None else config.metrics_port + index - 1
 
 
 def worker_command(config: ServeConfig, index: int, count: int) -> list[str]:
@@ -96,6 +113,11 @@ def worker_command(config: ServeConfig, index: int, count: int) -> list[str]:
     command += [f"--venue-url={venue}={url}" for venue, url in config.venue_urls.items()]
     if config.liveness_timeout is not None:
         command.append(f"--liveness-timeout={config.liveness_timeout!r}")
+    metrics_port = worker_metrics_port(config, index)
+    if metrics_port is not None:
+        command.append(f"--metrics-port={metrics_port}")
+    if config.tls_cert is not None and config.tls_key is not None:
+        command += [f"--tls-cert={config.tls_cert}", f"--tls-key={config.tls_key}"]
     return command
 
 
