@@ -299,7 +299,10 @@ def _check_tls(config: ServeConfig) -> None:
     from aggtrio.tls import server_context
 
     if config.tls_cert is not None and config.tls_key is not None:
-        server_context(config.tls_cert, config.tls_key)
+        try:
+            server_context(config.tls_cert, config.tls_key)
+        except ConfigError as exc:
+            raise ConfigError(f"--tls-cert/--tls-key: {exc}") from None
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -33,12 +33,10 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(ALPN_PROTOCOLS)
+    _check_readable(cert)
+    _check_readable(key)
     try:
         context.load_cert_chain(cert, key)
-    except FileNotFoundError as exc:
-        raise ConfigError(f"cannot read {exc.filename}: no such file") from None
-    except PermissionError as exc:
-        raise ConfigError(f"cannot read {exc.filename}: permission denied") from None
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(
             f"cannot load the certificate {cert} with the key {key}: "
@@ -49,15 +47,24 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
 
 def client_context(ca: Path | None) -> ssl.SSLContext:
     """A client context trusting `ca` (PEM), or the system's roots when None."""
+    if ca is not None:
+        _check_readable(ca)
     try:
         context = ssl.create_default_context(cafile=ca)
-    except FileNotFoundError:
-        raise ConfigError(f"cannot read {ca}: no such file") from None
     except (ssl.SSLError, OSError) as exc:
         raise ConfigError(f"cannot load CA certificates from {ca}: {exc}") from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(ALPN_PROTOCOLS)
     return context
+
+
+def _check_readable(path: Path) -> None:
+    """ssl's own errors do not say which file is missing: name it."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {(exc.strerror or str(exc)).lower()}") from None
 
 
 class HandshakeFailures:

@@ -4,6 +4,7 @@ health and reflection clients)."""
 
 from __future__ import annotations
 
+import socket
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -166,6 +167,36 @@ async def test_the_metrics_endpoint_answers_only_metrics(
     idle = await trio.open_tcp_stream("127.0.0.1", metrics_port)
     async with idle:
         assert await trio.to_thread.run_sync(scrape, metrics_port)
+
+
+def free_port_pair() -> int:
+    """A port p such that p and p + 1 are free now."""
+    for _ in range(50):
+        with socket.socket() as first:
+            first.bind(("127.0.0.1", 0))
+            port: int = first.getsockname()[1]
+            with socket.socket() as second:
+                try:
+                    second.bind(("127.0.0.1", port + 1))
+                except OSError:
+                    continue
+                return port
+    raise AssertionError("no two consecutive free ports")
+
+
+async def test_each_worker_serves_its_own_metrics_on_consecutive_ports(
+    nursery: trio.Nursery, simulators: dict[str, SimulatedVenue]
+) -> None:
+    from .test_workers import two_workers
+
+    base = free_port_pair()
+    async with two_workers(nursery, simulators, extra_args=["--metrics-port", str(base)]) as server:
+        for index, port in ((1, base), (2, base + 1)):
+            await server.wait_for_line(rf"\[worker {index}/2\] .*metrics at http://\S+:{port}/")
+            # Each worker is a pipeline of its own, with its own venue connections.
+            await scrape_until(
+                port, lambda s: value(s, "aggtrio_venue_messages_total", venue="binance") > 0
+            )
 
 
 # --- health -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
@@ -44,13 +44,17 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def two_workers(
-    nursery: trio.Nursery, sims: dict[str, SimulatedVenue], *, stop_and_check: bool = True
+    nursery: trio.Nursery,
+    sims: dict[str, SimulatedVenue],
+    *,
+    stop_and_check: bool = True,
+    extra_args: Sequence[str] = (),
 ) -> AsyncIterator[ServerProcess]:
     """`serve --workers 2` against the simulators, once the supervisor says all serve;
     afterwards, like `running_server`, it must stop in order (unless the test stopped it
     some other way), and is killed if the test failed."""
     # The harness passes --port 0 first; workers need a real port, and the last flag wins.
-    args = ["--workers", "2", "--port", str(free_port()), *venue_url_args(sims)]
+    args = ["--workers", "2", "--port", str(free_port()), *venue_url_args(sims), *extra_args]
     server = await start_server(nursery, args)
     try:
         with trio.fail_after(10):
