@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 
 import purerpc
@@ -76,7 +76,7 @@ class HealthService(HealthServicer):
 
     async def Watch(  # type: ignore[override]
         self, message: HealthCheckRequest
-    ) -> AsyncIterator[HealthCheckResponse]:
+    ) -> AsyncGenerator[HealthCheckResponse, None]:
         if self._watches >= self._max_watches:
             self._log_refusal()
             raise purerpc.ResourceExhaustedError(
