@@ -22,7 +22,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from aggtrio._proto.grpc.reflection.v1 import reflection_pb2 as reflection_v1
 from aggtrio.simulator import SimulatedVenue
 
-from .harness import ServerProcess, first_summary, running_server, venue_url_args
+from .harness import (
+    ServerProcess,
+    first_summary,
+    purerpc_stream,
+    running_server,
+    venue_url_args,
+)
 
 METRICS_LINE = r"metrics at http://\S+:(\d+)/metrics"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -90,7 +96,7 @@ async def test_metrics_report_venues_symbols_subscribers_and_latency(
         return True
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stream_until_released, server.port, subscribe)
+        nursery.start_soon(purerpc_stream, server.port, "BTCUSDT", subscribe)
         await subscribed.wait()
         during = await scrape_until(
             metrics_port, lambda s: value(s, "aggtrio_subscribers", symbol="BTCUSDT") == 1
@@ -102,6 +108,8 @@ async def test_metrics_report_venues_symbols_subscribers_and_latency(
         lambda s: (
             value(s, "aggtrio_venue_messages_total", venue="bitstamp")
             > value(live, "aggtrio_venue_messages_total", venue="bitstamp")
+            and value(s, "aggtrio_summaries_published_total", symbol="ETHBTC")
+            > value(live, "aggtrio_summaries_published_total", symbol="ETHBTC")
             and value(s, "aggtrio_subscribers", symbol="BTCUSDT") == 0
         ),
     )
@@ -129,12 +137,6 @@ async def test_metrics_report_venues_symbols_subscribers_and_latency(
         metrics_port, lambda s: value(s, "aggtrio_live_venues", symbol="ETHBTC") == 2
     )
     assert value(back, "aggtrio_venue_reconnects_total", venue="binance") > before
-
-
-async def _stream_until_released(port: int, on_summary: Callable[[Any], Any]) -> None:
-    from .harness import purerpc_stream
-
-    await purerpc_stream(port, "BTCUSDT", on_summary)
 
 
 async def test_the_metrics_endpoint_answers_only_metrics(
