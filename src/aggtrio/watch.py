@@ -562,8 +562,7 @@ class _Channel(purerpc.client._Channel):  # type: ignore[misc]
         except trio.TooSlowError:
             raise _Unreachable(f"no connection within {self._connect_timeout:g} s") from None
         except ssl.SSLError as exc:
-            reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-            raise _Unreachable(f"TLS handshake failed: {reason}") from None
+            raise _Unreachable(f"TLS handshake failed: {_tls_reason(exc)}") from None
         except OSError as exc:
             raise _Unreachable(_describe_os_error(exc)) from None
         try:
@@ -574,6 +573,13 @@ class _Channel(purerpc.client._Channel):  # type: ignore[misc]
             await self.aclose()
             raise
         return self
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    if exc.reason == "WRONG_VERSION_NUMBER":
+        # What a plaintext server's reply to a ClientHello looks like.
+        return "the server does not speak TLS on this port (drop --tls)"
+    return getattr(exc, "verify_message", None) or exc.reason or str(exc)
 
 
 def _describe_os_error(exc: BaseException) -> str:

@@ -179,6 +179,17 @@ async def test_failed_handshakes_are_counted_and_the_server_keeps_serving(
     assert server.problems() == []
 
 
+async def test_watch_tls_against_a_plaintext_server_says_so(
+    server: ServerProcess, certificates: Certificates
+) -> None:
+    err = io.StringIO()
+    code = await run_watch(
+        f"localhost:{server.port}", None, count=1, err=err, ssl_context=client_context(None)
+    )
+    assert code == 1
+    assert "does not speak TLS on this port" in err.getvalue()
+
+
 def test_a_server_context_offers_h2_and_nothing_older_than_tls_1_2(
     certificates: Certificates,
 ) -> None:
