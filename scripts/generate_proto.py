@@ -102,11 +102,9 @@ def generate(out_dir: Path) -> list[Path]:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(HEADER + text)
             written.append(target)
-        packages = {target.parent for target in written} | {out_dir}
-        for package in list(packages):
-            while package != out_dir:  # every directory up to out_dir is a package
-                package = package.parent
-                packages.add(package)
+        packages = {out_dir}
+        for target in written:  # every directory from a module up to out_dir is a package
+            packages.update(parent for parent in target.parents if out_dir in parent.parents)
         for package in sorted(packages):
             init = package / "__init__.py"
             init.write_text(GRPC_PACKAGE_INIT if package == out_dir / "grpc" else HEADER)
