@@ -610,15 +610,24 @@ class _Outcome:
 
 
 _OUTPUT_CLOSED = _Outcome(0, output_closed=True)
+_CLOSED = "server closed the connection"
 
 
-async def _summaries(stub: Any, symbol: str | None) -> AsyncGenerator[orderbook_pb2.Summary, None]:
+@dataclass(slots=True)
+class _Tally:
+    received: int = 0
+
+
+async def _summaries(
+    stub: Any, symbol: str | None, tally: _Tally
+) -> AsyncGenerator[orderbook_pb2.Summary, None]:
     if symbol is None:
         call = stub.BookSummary(orderbook_pb2.Empty())
     else:
         call = stub.BookSummaryForSymbol(orderbook_pb2.SummaryRequest(symbol=symbol))
     async with aclosing(call) as stream:
         async for summary in stream:
+            tally.received += 1
             yield summary
 
 
@@ -709,7 +718,7 @@ async def _run_live(
                     else:
                         outcome = _stream_ended(state.count)
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    outcome = _Outcome(1, "server closed the connection")
+                    outcome = _Outcome(1, _CLOSED)
                 finally:
                     nursery.cancel_scope.cancel()
                     # The frame rich draws on exit stays on screen: make it the whole book,
@@ -736,19 +745,25 @@ async def _watch(
     connect_timeout: float,
     ssl_context: ssl.SSLContext | None,
 ) -> _Outcome:
+    tally = _Tally()
     async with _Channel(host, port, connect_timeout, ssl_context) as channel:
         stub = orderbook_grpc.OrderbookAggregatorStub(channel)  # type: ignore[no-untyped-call]
-        async with aclosing(_summaries(stub, request_symbol)) as summaries:
+        async with aclosing(_summaries(stub, request_symbol, tally)) as summaries:
             if json_lines:
                 try:
-                    return await _run_json(
+                    outcome = await _run_json(
                         summaries, display_symbol, count, out if out is not None else sys.stdout
                     )
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    return _Outcome(1, "server closed the connection")
-            console = _Console(file=out) if out is not None else _Console()
-            state = WatchState(symbol=display_symbol, server=address, started_ns=time.time_ns())
-            return await _run_live(summaries, state, count, console)
+                    outcome = _Outcome(1, _CLOSED)
+            else:
+                console = _Console(file=out) if out is not None else _Console()
+                state = WatchState(symbol=display_symbol, server=address, started_ns=time.time_ns())
+                outcome = await _run_live(summaries, state, count, console)
+    if outcome.message == _CLOSED and ssl_context is None and tally.received == 0:
+        # A TLS server hangs up on a plaintext client without a word.
+        return _Outcome(1, f"{_CLOSED} before sending anything (if it serves TLS, add --tls)")
+    return outcome
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:

@@ -132,6 +132,7 @@ async def test_the_watch_command_with_tls_and_ca(
     assert json.loads(trusted.stdout)["symbol"] is None  # the server's default symbol
     assert plain.returncode == 1
     assert plain.stderr.decode().startswith("aggtrio watch: ")
+    assert "add --tls" in plain.stderr.decode()
     assert len(plain.stderr.splitlines()) == 1
 
 
@@ -150,6 +151,7 @@ async def test_failed_handshakes_are_counted_and_the_server_keeps_serving(
     # ...a plaintext client...
     err = io.StringIO()
     assert await run_watch(f"127.0.0.1:{server.port}", None, count=1, err=err) == 1
+    assert "if it serves TLS, add --tls" in err.getvalue()
     # ...and a port scanner that sends garbage.
     garbage = await trio.open_tcp_stream("127.0.0.1", server.port)
     async with garbage:
