@@ -74,15 +74,19 @@ async def test_metrics_report_venues_symbols_subscribers_and_latency(
     observed: tuple[ServerProcess, int], simulators: dict[str, SimulatedVenue]
 ) -> None:
     server, metrics_port = observed
+    # Feeds report live as they hand their first book on, the aggregator merges it a moment
+    # later: wait for both.
     live = await scrape_until(
         metrics_port,
-        lambda s: all(
-            value(s, "aggtrio_venue_state", venue=venue, state="live") == 1
-            for venue in ("binance", "bitstamp")
+        lambda s: (
+            all(
+                value(s, "aggtrio_venue_state", venue=venue, state="live") == 1
+                for venue in ("binance", "bitstamp")
+            )
+            and value(s, "aggtrio_live_venues", symbol="ETHBTC") == 2
+            and value(s, "aggtrio_serving") == 1
         ),
     )
-    assert value(live, "aggtrio_serving") == 1
-    assert value(live, "aggtrio_live_venues", symbol="ETHBTC") == 2
     assert value(live, "aggtrio_venue_state", venue="binance", state="backing_off") == 0
     assert 0 <= value(live, "aggtrio_venue_last_message_age_seconds", venue="binance") < 5
 
