@@ -40,6 +40,10 @@ class Broadcast(Generic[T]):
         return self._latest
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def subscribers(self) -> int:
         return self._subscribers
 

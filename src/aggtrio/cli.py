@@ -78,16 +78,6 @@ def workers_from_args(args: argparse.Namespace) -> int:
 
 # Options in the table whose feature lands with branch ops-observe (metrics, health, TLS).
 # Until then a value for one is refused rather than silently ignored.
-NOT_YET_AVAILABLE = ("metrics_port", "tls_cert", "tls_key", "tls", "ca")
-
-
-def _refuse_unavailable(resolved: settings.Resolved) -> None:
-    for name in NOT_YET_AVAILABLE:
-        value = resolved.values.get(name)
-        if value is not None and value is not False:  # set, and not to "off"
-            raise ConfigError(f"{resolved.sources[name]}: {name} is not available in this build")
-
-
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     settings.add_flags(parser, settings.SERVE_OPTIONS)
     settings.add_config_flag(parser)
@@ -216,13 +206,25 @@ async def _serve_worker(config: ServeConfig) -> None:
             nursery.cancel_scope.cancel()
 
 
+def _check_tls(config: ServeConfig) -> None:
+    """Load the certificate and key once before anything starts: a bad pair is a usage
+    error (exit 2), not a failure of every worker."""
+    from aggtrio.tls import server_context
+
+    if config.tls_cert is not None and config.tls_key is not None:
+        try:
+            server_context(config.tls_cert, config.tls_key)
+        except ConfigError as exc:
+            raise ConfigError(f"--tls-cert/--tls-key: {exc}") from None
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     resolved = _resolve("serve", args)
     config = settings.serve_config(resolved)
     if args.print_config:
         print(resolved.to_toml(), end="")
         return 0
-    _refuse_unavailable(resolved)
+    _check_tls(config)
     if args.internal_worker is not None:
         try:
             index, count = parse_worker_slot(args.internal_worker)
@@ -274,14 +276,24 @@ def _listen_error(exc: BaseException) -> str:
 
 
 def _cmd_watch(args: argparse.Namespace) -> int:
+    from aggtrio.tls import client_context
     from aggtrio.watch import run_watch
 
-    resolved = _resolve("watch", args)
-    _refuse_unavailable(resolved)
-    server = settings.watch_config(resolved).server
+    watch = settings.watch_config(_resolve("watch", args))
+    server = watch.server
     symbol = parse_symbols(args.symbol)[0] if args.symbol else None
+    ssl_context = None
+    if watch.tls or watch.ca is not None:
+        try:
+            ssl_context = client_context(watch.ca)
+        except ConfigError as exc:
+            raise ConfigError(f"--ca: {exc}") from None
     try:
-        return trio.run(lambda: run_watch(server, symbol, json_lines=args.json, count=args.count))
+        return trio.run(
+            lambda: run_watch(
+                server, symbol, json_lines=args.json, count=args.count, ssl_context=ssl_context
+            )
+        )
     except KeyboardInterrupt:
         return 0
 

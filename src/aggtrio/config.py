@@ -54,9 +54,10 @@ class ServeConfig:
     # Off for a lone server, so that a second server on its port fails loudly instead of
     # silently taking half the clients.
     reuse_port: bool = False
-    # Port of the HTTP metrics and health endpoint; None: not served.
+    # Port of the Prometheus endpoint (/metrics); None: no endpoint. With `serve --workers N`
+    # worker i (1..N) serves it on metrics_port + i - 1.
     metrics_port: int | None = None
-    # PEM certificate chain and private key: serve gRPC over TLS (both or neither).
+    # PEM certificate chain and private key: with both, the gRPC port speaks TLS only.
     tls_cert: Path | None = None
     tls_key: Path | None = None
 

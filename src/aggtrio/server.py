@@ -13,7 +13,8 @@ import functools
 import gc
 import logging
 import math
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -42,6 +43,7 @@ from aggtrio._proto.orderbook_pb2 import Empty, SummaryRequest
 from aggtrio.aggregator import PublishedSummary
 from aggtrio.broadcast import Broadcast, BroadcastClosedError
 from aggtrio.symbols import InvalidSymbolError, normalize_symbol
+from aggtrio.tls import HandshakeFailures, tls_listener
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +226,7 @@ class ConnectionHandler:
         self._services = services
         self._config = GRPCConfiguration(client_side=False)
 
-    async def __call__(self, stream: anyio.abc.SocketStream) -> None:
+    async def __call__(self, stream: anyio.abc.ByteStream) -> None:
         # Each running call's cancel scope, by HTTP/2 stream id, for RST_STREAM to cancel.
         running: dict[int, trio.CancelScope] = {}
         try:
@@ -347,24 +349,28 @@ _CALLERS: dict[Any, Any] = {
 
 
 async def serve_grpc(
-    service: OrderbookService,
+    servicers: Sequence[purerpc.Servicer],
     host: str,
     port: int,
     *,
     reuse_port: bool = False,
+    ssl_context: ssl.SSLContext | None = None,
+    tls_failures: HandshakeFailures | None = None,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on host:port (port 0 picks a free one) and serve until cancelled.
 
     Reports the bound port through `task_status`. No SO_REUSEPORT unless `reuse_port` (the
     workers of `serve --workers`, which share the port on purpose): a second server on the
-    same port must fail loudly, not silently take half the clients.
+    same port must fail loudly, not silently take half the clients. With `ssl_context`,
+    every connection is TLS; failed handshakes are counted in `tls_failures`.
     """
-    listener = await anyio.create_tcp_listener(
-        local_host=host, local_port=port, reuse_port=reuse_port
-    )
-    bound_port: int = listener.extra(anyio.abc.SocketAttribute.local_port)
+    tcp = await anyio.create_tcp_listener(local_host=host, local_port=port, reuse_port=reuse_port)
+    bound_port: int = tcp.extra(anyio.abc.SocketAttribute.local_port)
+    listener: anyio.abc.Listener[Any] = tcp
+    if ssl_context is not None:
+        listener = tls_listener(tcp, ssl_context, tls_failures or HandshakeFailures())
     task_status.started(bound_port)
-    services = {svc.name: svc for svc in [service.service]}
+    services = {servicer.service.name: servicer.service for servicer in servicers}
     async with listener:
         await listener.serve(ConnectionHandler(services))

@@ -348,7 +348,8 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "AGGTRIO_METRICS_PORT",
         PORT,
         _serve_default("metrics_port"),
-        "port of the HTTP metrics and health endpoint",
+        "Prometheus metrics at http://HOST:PORT/metrics (with --workers N, worker i on "
+        "PORT+i-1; README: Metrics)",
         default_text="off",
     ),
     Option(
@@ -357,7 +358,7 @@ SERVE_OPTIONS: tuple[Option, ...] = (
         "AGGTRIO_TLS_CERT",
         PATH,
         _serve_default("tls_cert"),
-        "PEM certificate chain: serve gRPC over TLS (with --tls-key)",
+        "PEM certificate chain: the gRPC port speaks TLS only (with --tls-key; README: TLS)",
         default_text="off",
     ),
     Option(
@@ -396,7 +397,7 @@ WATCH_OPTIONS: tuple[Option, ...] = (
         "AGGTRIO_WATCH_CA",
         PATH,
         _watch_default("ca"),
-        "PEM bundle of the CAs to trust with --tls",
+        "PEM bundle of the CAs to trust (implies --tls)",
         default_text="the system's",
     ),
 )

@@ -25,6 +25,7 @@ import errno
 import math
 import os
 import socket
+import ssl
 import sys
 import time
 from collections import deque
@@ -528,22 +529,40 @@ class _ClientSocket(GRPCProtoSocket):  # type: ignore[misc]
 
 
 class _Channel(purerpc.client._Channel):  # type: ignore[misc]
-    """``purerpc.insecure_channel`` with a connect timeout, and closing its socket on exit.
+    """``purerpc.insecure_channel`` with a connect timeout, optional TLS, and closing its
+    socket on exit.
 
     Connecting happens before any task group is opened, so the timeout's cancel scope
     never wraps a nursery that outlives it.
     """
 
-    def __init__(self, host: str, port: int, connect_timeout: float):
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        connect_timeout: float,
+        ssl_context: ssl.SSLContext | None = None,
+    ):
         super().__init__(host, port)
         self._connect_timeout = connect_timeout
+        self._ssl_context = ssl_context
+
+    async def _connect(self) -> anyio.abc.ByteStream:
+        if self._ssl_context is None:
+            return await anyio.connect_tcp(self._host, self._port)
+        # HTTP/2 marks its own end of stream, so no TLS close_notify is needed either way.
+        return await anyio.connect_tcp(
+            self._host, self._port, ssl_context=self._ssl_context, tls_standard_compatible=False
+        )
 
     async def __aenter__(self) -> Self:
         try:
             with trio.fail_after(self._connect_timeout):
-                sock = await anyio.connect_tcp(self._host, self._port)
+                sock = await self._connect()
         except trio.TooSlowError:
             raise _Unreachable(f"no connection within {self._connect_timeout:g} s") from None
+        except ssl.SSLError as exc:
+            raise _Unreachable(f"TLS handshake failed: {_tls_reason(exc)}") from None
         except OSError as exc:
             raise _Unreachable(_describe_os_error(exc)) from None
         try:
@@ -554,6 +573,13 @@ class _Channel(purerpc.client._Channel):  # type: ignore[misc]
             await self.aclose()
             raise
         return self
+
+
+def _tls_reason(exc: ssl.SSLError) -> str:
+    if exc.reason == "WRONG_VERSION_NUMBER":
+        # What a plaintext server's reply to a ClientHello looks like.
+        return "the server does not speak TLS on this port (drop --tls)"
+    return getattr(exc, "verify_message", None) or exc.reason or str(exc)
 
 
 def _describe_os_error(exc: BaseException) -> str:
@@ -584,15 +610,24 @@ class _Outcome:
 
 
 _OUTPUT_CLOSED = _Outcome(0, output_closed=True)
+_CLOSED = "server closed the connection"
 
 
-async def _summaries(stub: Any, symbol: str | None) -> AsyncGenerator[orderbook_pb2.Summary, None]:
+@dataclass(slots=True)
+class _Tally:
+    received: int = 0
+
+
+async def _summaries(
+    stub: Any, symbol: str | None, tally: _Tally
+) -> AsyncGenerator[orderbook_pb2.Summary, None]:
     if symbol is None:
         call = stub.BookSummary(orderbook_pb2.Empty())
     else:
         call = stub.BookSummaryForSymbol(orderbook_pb2.SummaryRequest(symbol=symbol))
     async with aclosing(call) as stream:
         async for summary in stream:
+            tally.received += 1
             yield summary
 
 
@@ -683,7 +718,7 @@ async def _run_live(
                     else:
                         outcome = _stream_ended(state.count)
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    outcome = _Outcome(1, "server closed the connection")
+                    outcome = _Outcome(1, _CLOSED)
                 finally:
                     nursery.cancel_scope.cancel()
                     # The frame rich draws on exit stays on screen: make it the whole book,
@@ -708,20 +743,27 @@ async def _watch(
     count: int | None,
     out: TextIO | None,
     connect_timeout: float,
+    ssl_context: ssl.SSLContext | None,
 ) -> _Outcome:
-    async with _Channel(host, port, connect_timeout) as channel:
+    tally = _Tally()
+    async with _Channel(host, port, connect_timeout, ssl_context) as channel:
         stub = orderbook_grpc.OrderbookAggregatorStub(channel)  # type: ignore[no-untyped-call]
-        async with aclosing(_summaries(stub, request_symbol)) as summaries:
+        async with aclosing(_summaries(stub, request_symbol, tally)) as summaries:
             if json_lines:
                 try:
-                    return await _run_json(
+                    outcome = await _run_json(
                         summaries, display_symbol, count, out if out is not None else sys.stdout
                     )
                 except (anyio.EndOfStream, anyio.ClosedResourceError):
-                    return _Outcome(1, "server closed the connection")
-            console = _Console(file=out) if out is not None else _Console()
-            state = WatchState(symbol=display_symbol, server=address, started_ns=time.time_ns())
-            return await _run_live(summaries, state, count, console)
+                    outcome = _Outcome(1, _CLOSED)
+            else:
+                console = _Console(file=out) if out is not None else _Console()
+                state = WatchState(symbol=display_symbol, server=address, started_ns=time.time_ns())
+                outcome = await _run_live(summaries, state, count, console)
+    if outcome.message == _CLOSED and ssl_context is None and tally.received == 0:
+        # A TLS server hangs up on a plaintext client without a word.
+        return _Outcome(1, f"{_CLOSED} before sending anything (if it serves TLS, add --tls)")
+    return outcome
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -782,6 +824,7 @@ async def run_watch(
     out: TextIO | None = None,
     err: TextIO | None = None,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> int:
     """Stream summaries from ``server`` ("HOST:PORT") and show them; return an exit code.
 
@@ -789,7 +832,9 @@ async def run_watch(
     other value is sent as given to ``BookSummaryForSymbol`` (the server normalizes and
     validates it). ``json_lines`` writes one JSON object per summary to ``out`` instead of
     the live view; ``count`` stops with 0 after that many summaries. Errors go to ``err``
-    (default ``sys.stderr``) as one line. See the module docstring for exit codes.
+    (default ``sys.stderr``) as one line. With ``ssl_context`` the connection is TLS (the
+    server's certificate is checked against ``server``'s host name). See the module
+    docstring for exit codes.
 
     Raises :class:`ValueError` for a malformed ``server`` or ``count < 1``, before connecting.
     """
@@ -814,6 +859,7 @@ async def run_watch(
             count=count,
             out=out,
             connect_timeout=connect_timeout,
+            ssl_context=ssl_context,
         )
     except BaseException as exc:
         classified = _classify(exc, address)

@@ -67,24 +67,43 @@ def parse_worker_slot(text: str) -> tuple[int, int]:
 
 
 def check_shareable(config: ServeConfig, count: int) -> None:
-    """Refuse port 0: each worker would listen on a different free port."""
+    """Refuse port 0: each worker would listen on a different free port. Each worker
+    serves its own metrics, on metrics_port + i - 1: those ports must exist and be known."""
     if config.port == 0:
         raise ConfigError(
             f"{count} workers need a fixed port: with port 0 each would listen on a "
             "different free one"
         )
+    if config.metrics_port == 0:
+        raise ConfigError(
+            f"{count} workers need a fixed --metrics-port: worker i serves its metrics "
+            "on that port + i - 1"
+        )
+    if config.metrics_port is not None and config.metrics_port + count - 1 > 65535:
+        raise ConfigError(
+            f"--metrics-port {config.metrics_port} leaves no room for {count} workers "
+            "(worker i serves its metrics on that port + i - 1)"
+        )
+
+
+def worker_metrics_port(config: ServeConfig, index: int) -> int | None:
+    """Worker `index` (1..N) serves its metrics on metrics_port + index - 1: a scrape of
+    one shared port would reach a random worker, and counters would jump between them."""
+    return None if config.metrics_port is None else config.metrics_port + index - 1
 
 
 def worker_command(config: ServeConfig, index: int, count: int) -> list[str]:
     """The command line of worker `index` of `count`: the supervisor's whole configuration
     as flags. A worker reads nothing else, neither AGGTRIO_* variables nor a config file."""
+    # Each worker serves its own metrics port (see worker_metrics_port).
+    own = attrs.evolve(config, metrics_port=worker_metrics_port(config, index))
     return [
         sys.executable,
         "-m",
         "aggtrio",
         "serve",
         f"--internal-worker={index}/{count}",
-        *worker_args(config),
+        *worker_args(own),
     ]
 
 

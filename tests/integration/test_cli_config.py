@@ -106,9 +106,15 @@ async def test_a_bad_config_file_or_variable_is_one_line_and_status_2(tmp_path: 
             "(did you mean AGGTRIO_MAX_SUBSCRIBERS?)",
         ),
         (
-            ["serve", "--metrics-port", "9100"],
+            ["serve", "--metrics-port", "50051"],
             {},
-            "aggtrio serve: error: --metrics-port: metrics_port is not available in this build",
+            "aggtrio serve: error: the metrics port and the gRPC port are both 50051; "
+            "give --metrics-port another",
+        ),
+        (
+            ["serve"],
+            {"AGGTRIO_TLS_CERT": str(bad_value)},
+            "aggtrio serve: error: TLS needs both --tls-cert and --tls-key; --tls-key is not set",
         ),
     ]
     for argv, env, expected in cases:

@@ -87,6 +87,27 @@ BAD_VALUES: dict[str, Case] = {
     ),
     "chaos zero": Case(("simulate", "--chaos", "0"), mentions=("--chaos", "0")),
     "chaos not a number": Case(("simulate", "--chaos", "often"), mentions=("--chaos", "often")),
+    "metrics port out of range": Case(
+        ("serve", "--metrics-port", "70000"), mentions=("--metrics-port", "70000")
+    ),
+    "workers with metrics on port 0": Case(
+        ("serve", "--workers", "2", "--port", "50999", "--metrics-port", "0"),
+        mentions=("--metrics-port", "2 workers"),
+    ),
+    "tls cert without key": Case(
+        ("serve", "--tls-cert", "cert.pem"), mentions=("--tls-cert", "--tls-key", "both")
+    ),
+    "missing tls cert": Case(
+        ("serve", "--tls-cert", "/nonexistent/cert.pem", "--tls-key", "/nonexistent/key.pem"),
+        mentions=("--tls-cert", "/nonexistent/cert.pem", "no such file"),
+    ),
+    "tls cert that is no certificate": Case(
+        ("serve", "--tls-cert", "pyproject.toml", "--tls-key", "pyproject.toml"),
+        mentions=("--tls-cert", "pyproject.toml", "cannot load"),
+    ),
+    "missing watch ca": Case(
+        ("watch", "--ca", "/nonexistent/ca.pem"), mentions=("--ca", "/nonexistent/ca.pem")
+    ),
     "bad port in env": Case(
         ("serve",), env={"AGGTRIO_PORT": "abc"}, mentions=("AGGTRIO_PORT", "abc")
     ),
@@ -180,6 +201,9 @@ def test_serve_help_mentions_every_flag(results: dict[str, Result]) -> None:
         "--resend-interval",
         "--log-level",
         "--workers",
+        "--metrics-port",
+        "--tls-cert",
+        "--tls-key",
     ):
         assert flag in result.stdout
     assert "--internal-worker" not in result.stdout  # the supervisor's, not the operator's

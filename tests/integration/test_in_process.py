@@ -229,7 +229,7 @@ async def test_cancelled_calls_leave_nothing_behind_on_a_long_lived_connection(
 
 async def test_only_listeners_that_opt_in_share_a_port(nursery: trio.Nursery) -> None:
     service = server.OrderbookService({"ETHBTC": Broadcast[PublishedSummary]()}, "ETHBTC")
-    serve = functools.partial(server.serve_grpc, service, "127.0.0.1")
+    serve = functools.partial(server.serve_grpc, [service], "127.0.0.1")
     port = await nursery.start(functools.partial(serve, 0, reuse_port=True))
     # A second worker of `serve --workers` joins the port...
     assert await nursery.start(functools.partial(serve, port, reuse_port=True)) == port
@@ -241,7 +241,7 @@ async def test_only_listeners_that_opt_in_share_a_port(nursery: trio.Nursery) ->
 
 async def test_a_lone_server_keeps_its_port_to_itself(nursery: trio.Nursery) -> None:
     service = server.OrderbookService({"ETHBTC": Broadcast[PublishedSummary]()}, "ETHBTC")
-    serve = functools.partial(server.serve_grpc, service, "127.0.0.1")
+    serve = functools.partial(server.serve_grpc, [service], "127.0.0.1")
     port = await nursery.start(serve, 0)
     with pytest.raises(OSError, match="in use"):
         await serve(port, reuse_port=True)

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
@@ -44,7 +44,11 @@ def free_port() -> int:
 
 @asynccontextmanager
 async def two_workers(
-    nursery: trio.Nursery, sims: dict[str, SimulatedVenue], *, stop_and_check: bool = True
+    nursery: trio.Nursery,
+    sims: dict[str, SimulatedVenue],
+    *,
+    stop_and_check: bool = True,
+    extra_args: Sequence[str] = (),
 ) -> AsyncIterator[ServerProcess]:
     """`serve --workers 2` against the simulators, once the supervisor says all serve;
     afterwards, like `running_server`, it must stop in order (unless the test stopped it
@@ -52,7 +56,7 @@ async def two_workers(
     # The harness passes --port 0 first; workers need a real port, and the last flag wins.
     # DEBUG: the tests follow each stream's "stream opened" and "stream closed" lines.
     args = ["--workers", "2", "--port", str(free_port()), "--log-level", "DEBUG"]
-    args += venue_url_args(sims)
+    args += [*venue_url_args(sims), *extra_args]
     server = await start_server(nursery, args)
     try:
         with trio.fail_after(10):

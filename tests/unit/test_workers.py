@@ -20,6 +20,7 @@ from aggtrio.workers import (
     describe_exit,
     parse_worker_slot,
     worker_command,
+    worker_metrics_port,
 )
 
 # --- restart policy ---------------------------------------------------------------------------
@@ -104,6 +105,17 @@ def test_port_0_cannot_be_shared() -> None:
     check_shareable(ServeConfig(port=50051), 2)
 
 
+def test_each_worker_serves_metrics_on_its_own_port() -> None:
+    config = ServeConfig(port=50051, metrics_port=9100)
+    assert [worker_metrics_port(config, i) for i in (1, 2, 3)] == [9100, 9101, 9102]
+    assert worker_metrics_port(ServeConfig(), 1) is None
+    with pytest.raises(ConfigError, match="fixed --metrics-port"):
+        check_shareable(ServeConfig(port=50051, metrics_port=0), 2)
+    with pytest.raises(ConfigError, match="no room for 3 workers"):
+        check_shareable(ServeConfig(port=50051, metrics_port=65534), 3)
+    check_shareable(ServeConfig(port=50051, metrics_port=65534), 2)
+
+
 # Every field but reuse_port, which a worker sets for itself, set to something not default.
 EVERYTHING = ServeConfig(
     host="::1",
@@ -144,7 +156,9 @@ def test_a_worker_runs_exactly_the_supervisors_configuration(
 ) -> None:
     command = worker_command(config, 2, 3)
     assert "--internal-worker=2/3" in command
-    assert config_of(command, monkeypatch, tmp_path) == config
+    # All of it, but its own metrics port.
+    expected = attrs.evolve(config, metrics_port=worker_metrics_port(config, 2))
+    assert config_of(command, monkeypatch, tmp_path) == expected
 
 
 def test_every_configuration_field_reaches_the_workers() -> None:
