@@ -9,6 +9,7 @@ import trio
 
 from aggtrio.simulator.binance import BinanceSimulator
 from aggtrio.simulator.bitstamp import BitstampSimulator
+from aggtrio.simulator.kraken import KrakenSimulator
 from aggtrio.simulator.market import Market
 from aggtrio.simulator.venue import SimulatedVenue
 
@@ -17,6 +18,7 @@ logger = logging.getLogger(__name__)
 SIMULATORS: dict[str, type[SimulatedVenue]] = {
     "binance": BinanceSimulator,
     "bitstamp": BitstampSimulator,
+    "kraken": KrakenSimulator,
 }
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from aggtrio.venues.base import VenueAdapter
 from aggtrio.venues.binance import BinanceAdapter
 from aggtrio.venues.bitstamp import BitstampAdapter
+from aggtrio.venues.kraken import KrakenAdapter
 
 ADAPTERS: dict[str, type[VenueAdapter]] = {
-    adapter.name: adapter for adapter in (BinanceAdapter, BitstampAdapter)
+    adapter.name: adapter for adapter in (BinanceAdapter, BitstampAdapter, KrakenAdapter)
 }
 DEFAULT_VENUES: tuple[str, ...] = ("binance", "bitstamp")
 
