@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from aggtrio.config import parse_venue_url
 from aggtrio.model import VenueBook
 from aggtrio.venues.base import (
     CrossedBookError,
@@ -129,7 +130,13 @@ def control(wire: Wire, value: dict[str, Any]) -> list[Any]:
 
 
 def test_default_endpoint_is_the_real_v2_endpoint() -> None:
-    assert KrakenAdapter.default_url == "wss://ws.kraken.com/v2"
+    kraken = KrakenAdapter(("ETHBTC",), 10)
+    assert kraken.connect_url(KrakenAdapter.default_url) == "wss://ws.kraken.com/v2"
+    # A base endpoint, like every venue's: the config refuses paths in venue URLs.
+    assert parse_venue_url(f"kraken={KrakenAdapter.default_url}") == (
+        "kraken",
+        KrakenAdapter.default_url,
+    )
 
 
 @pytest.mark.parametrize(

@@ -229,7 +229,8 @@ def _truncate(side: BookSide, texts: Texts, depth: int) -> None:
 
 class KrakenAdapter(VenueAdapter):
     name: ClassVar[str] = "kraken"
-    default_url: ClassVar[str] = "wss://ws.kraken.com/v2"
+    # The base endpoint, as configured for every venue; connect_url adds the /v2 path.
+    default_url: ClassVar[str] = "wss://ws.kraken.com"
     # Kraken sends a heartbeat every second while subscribed: five missed is stale.
     default_liveness_timeout: ClassVar[float] = 5.0
     # The ping is answered even before a subscription exists; Kraken does not require it.
@@ -245,7 +246,8 @@ class KrakenAdapter(VenueAdapter):
         self._request_ids = itertools.count(1)
 
     def connect_url(self, base_url: str) -> str:
-        """The v2 endpoint: ``/v2`` on a base URL given without it (a simulator's)."""
+        """The v2 endpoint, ``wss://ws.kraken.com/v2`` by default (a base that already ends
+        in ``/v2`` is taken as it is)."""
         base = base_url.rstrip("/")
         return base if base.endswith("/v2") else base + "/v2"
 
