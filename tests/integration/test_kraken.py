@@ -7,15 +7,17 @@ server-side disconnects and malformed messages.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 import pytest
 import trio
 
-from aggtrio.feed import Feed, FeedState
+from aggtrio.feed import Backoff, Feed, FeedState
 from aggtrio.model import BookEvent, VenueBook, VenueDown
-from aggtrio.simulator import Market, SimulatedVenue
+from aggtrio.simulator import Market, SimulatedVenue, run_chaos
 from aggtrio.simulator.kraken import KrakenSession, KrakenSimulator
 from aggtrio.simulator.venue import MALFORMED_KINDS
 from aggtrio.venues.kraken import KrakenAdapter
@@ -71,10 +73,13 @@ async def until(condition: Callable[[], bool], seconds: float = TIMEOUT) -> None
 
 
 async def start(
-    nursery: trio.Nursery, venue: KrakenSimulator, symbols: tuple[str, ...] = SYMBOLS
+    nursery: trio.Nursery,
+    venue: KrakenSimulator,
+    symbols: tuple[str, ...] = SYMBOLS,
+    **options: Any,
 ) -> tuple[Feed, Published]:
     await nursery.start(venue.serve)
-    feed, receive = start_feed(nursery, KrakenAdapter(symbols, 10), venue.url)
+    feed, receive = start_feed(nursery, KrakenAdapter(symbols, 10), venue.url, **options)
     published = Published()
     nursery.start_soon(published.collect, receive)
     return feed, published
@@ -226,3 +231,17 @@ async def test_a_rejected_subscription_is_a_venue_error_and_no_book(
     assert venue.subscriptions_rejected == 1
     assert published.books == {}
     assert feed.stats.state is FeedState.SUBSCRIBED
+
+
+async def test_after_chaos_the_feed_book_is_the_venue_book_again(nursery: trio.Nursery) -> None:
+    venue = KrakenSimulator(Market(seed=27), seed=27, updates_per_second=100.0)
+    venue.close_timeout = 0.5
+    fast = Backoff(initial=0.05, maximum=0.2, stable_after=1.0)
+    feed, published = await start(nursery, venue, backoff=fast, liveness_timeout=1.0)
+    await settled(venue, published)
+    venue.unfreeze()
+    log = await run_chaos([venue], random.Random(8), 0.05, heal_after=(0.05, 0.2), count=25)
+    assert len(log) == 25
+    await until(lambda: venue.data_messages_sent >= 100)
+    await settled(venue, published)
+    assert feed.stats.state is FeedState.LIVE

@@ -23,6 +23,7 @@ from trio_websocket import (
 )
 
 from aggtrio.simulator import Market, make_simulator
+from aggtrio.simulator.faults import ask_to_reconnect
 from aggtrio.simulator.kraken import KrakenSimulator, checksum, kraken_pair, parse_pair
 
 from ..unit.test_kraken_adapter import ReferenceBook
@@ -119,10 +120,20 @@ async def test_subscribe_acks_each_pair_then_snapshot_then_checksummed_updates(
 
         books = {pair: ReferenceBook(10, 8, 8) for pair in ("ETH/BTC", "BTC/USDT")}
         books["BTC/USDT"].price_decimals = 2
-        updates = 0
         seen_types: list[str] = []
+
+        def in_step() -> bool:
+            """The reference book, kept from the messages alone, is the venue's book."""
+            for pair, book in books.items():
+                sent = kraken.book(pair)
+                if sent is None or book.top(10) != (sent.bids, sent.asks):
+                    return False
+            return True
+
         with trio.fail_after(TIMEOUT):
-            while updates < 60:
+            while seen_types.count("update") < 60 or not in_step():
+                if seen_types.count("update") >= 60:
+                    kraken.freeze()  # then read what is in flight
                 text = await recv_text(ws)
                 message = NUMBER.decode(text)
                 if message.get("channel") != "book":
@@ -136,17 +147,11 @@ async def test_subscribe_acks_each_pair_then_snapshot_then_checksummed_updates(
                     if entry["symbol"] == "ETH/BTC":
                         assert re.search(r'"price":0\.\d{8}[,}]', text)
                     book.bids, book.asks = {}, {}
-                else:
-                    updates += 1
                 book.apply(bids, asks)
                 assert int(entry["checksum"]) == book.checksum()
                 seen_types.append(message["type"])
         assert seen_types[:2] == ["snapshot", "snapshot"]
-        # The reference book, kept from the messages alone, is the venue's book.
-        for pair, book in books.items():
-            sent = kraken.book(pair)
-            assert sent is not None
-            assert book.top(10) == (sent.bids, sent.asks)
+        assert seen_types.count("snapshot") == 2
 
 
 async def test_errors_for_unknown_pairs_and_bad_requests(kraken: KrakenSimulator) -> None:
@@ -213,7 +218,7 @@ async def test_status_notices_and_maintenance(kraken: KrakenSimulator) -> None:
         await recv_where(ws, {"channel": "status"})
         await kraken.send_status("cancel_only")
         assert (await recv_where(ws, {"channel": "status"}))["data"][0]["system"] == "cancel_only"
-        await kraken.announce_maintenance(grace=0.1)
+        await ask_to_reconnect(kraken, grace=0.1)  # --fault kraken:reconnect-every, chaos
         assert (await recv_where(ws, {"channel": "status"}))["data"][0]["system"] == "maintenance"
         await until_closed(ws)
 
