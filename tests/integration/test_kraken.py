@@ -7,6 +7,7 @@ server-side disconnects and malformed messages.
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Callable
 from typing import Any
@@ -89,6 +90,10 @@ async def settled(venue: KrakenSimulator, published: Published, *symbols: str) -
     """Freeze the market and wait until the feed shows each symbol as the venue sent it."""
     venue.freeze()
     await until(lambda: all(published.matches(venue, s) for s in symbols or SYMBOLS))
+
+
+def malformed_is(feed: Feed, count: int) -> bool:
+    return feed.stats.malformed == count
 
 
 def sent_third_ask(venue: KrakenSimulator) -> tuple[float, float] | None:
@@ -209,9 +214,9 @@ async def test_malformed_messages_are_counted_and_the_feed_goes_on(
     feed, published = await start(nursery, venue)
     await settled(venue, published)
     kinds = [kind for kind in MALFORMED_KINDS if kind != "huge"]
-    for count, kind in enumerate(kinds, start=1):
+    for expected, kind in enumerate(kinds, start=1):
         await venue.send_malformed(kind, "ETHBTC")
-        await until(lambda count=count: feed.stats.malformed == count)
+        await until(functools.partial(malformed_is, feed, expected))
     assert feed.stats.crossed == 1
     venue.unfreeze()
     await until(lambda: venue.data_messages_sent >= 100)

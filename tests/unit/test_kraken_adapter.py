@@ -19,6 +19,7 @@ import pytest
 from aggtrio.config import parse_venue_url
 from aggtrio.model import VenueBook
 from aggtrio.venues.base import (
+    AdapterEvent,
     CrossedBookError,
     MalformedMessageError,
     Resync,
@@ -51,9 +52,9 @@ class ReferenceBook:
                     side.pop(Decimal(price), None)
                 else:
                     side[Decimal(price)] = Decimal(qty)
-        for side, descending in ((self.bids, True), (self.asks, False)):
-            for price in sorted(side, reverse=descending)[self.depth :]:
-                del side[price]
+        for book_side, descending in ((self.bids, True), (self.asks, False)):
+            for beyond in sorted(book_side, reverse=descending)[self.depth :]:
+                del book_side[beyond]
 
     def sorted(self, descending: bool) -> list[tuple[Decimal, Decimal]]:
         side = self.bids if descending else self.asks
@@ -122,7 +123,7 @@ class Session:
         return [VenueBook("kraken", "ETHBTC", bids, asks, RECV_NS)]
 
 
-def control(wire: Wire, value: dict[str, Any]) -> list[Any]:
+def control(wire: Wire, value: dict[str, Any]) -> list[AdapterEvent]:
     return KrakenAdapter(("ETHBTC", "BTCUSDT"), 10).handle_message(wire(value), RECV_NS)
 
 
@@ -334,7 +335,9 @@ def test_a_break_on_one_symbol_leaves_the_other_alone(wire: Wire) -> None:
     usdt = ReferenceBook(price_decimals=2, qty_decimals=5)
     usdt.apply(usdt_bids, usdt_asks)
     message = book_message("snapshot", usdt_bids, usdt_asks, usdt.checksum(), pair="BTC/USDT")
-    assert [e.symbol for e in kraken.handle_message(wire.text(message), 1)] == ["BTCUSDT"]
+    [book] = kraken.handle_message(wire.text(message), 1)
+    assert isinstance(book, VenueBook)
+    assert book.symbol == "BTCUSDT"
     ref = ReferenceBook()
     ref.apply(bid_side(), ask_side())
     message = book_message("snapshot", bid_side(), ask_side(), ref.checksum())

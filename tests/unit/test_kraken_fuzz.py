@@ -112,11 +112,12 @@ def book_text(kind: str, pair: str, bids: str, asks: str, checksum: str) -> str:
 @st.composite
 def any_book(draw: st.DrawFn) -> str:
     """A book message of either type with arbitrary levels and checksum."""
-    sides = ["[" + ",".join(draw(st.lists(level_text, max_size=6))) + "]" for _ in range(2)]
+    bids, asks = ("[" + ",".join(draw(st.lists(level_text, max_size=6))) + "]" for _ in "ba")
     return book_text(
         draw(st.sampled_from(["snapshot", "update", "update", "delta"])),
         draw(st.sampled_from([*PAIRS, "LTC/BTC", "ETHBTC"])),
-        *sides,
+        bids,
+        asks,
         draw(st.one_of(st.integers(0, 2**32 - 1).map(str), number_text)),
     )
 
