@@ -26,7 +26,7 @@ from aggtrio.venues.kraken import KrakenAdapter
 from .feeds import start_feed
 
 SYMBOLS = ("ETHBTC", "BTCUSDT")
-TIMEOUT = 5.0
+TIMEOUT = 10.0  # an upper bound only: generous for a loaded CI box
 
 # A pinned ETH/BTC book (12 levels a side; the subscription shows 10) and two later states
 # that differ from it, and from each other, in different levels.
@@ -250,3 +250,17 @@ async def test_after_chaos_the_feed_book_is_the_venue_book_again(nursery: trio.N
     await until(lambda: venue.data_messages_sent >= 100)
     await settled(venue, published)
     assert feed.stats.state is FeedState.LIVE
+
+
+async def test_a_huge_message_costs_a_reconnect_and_nothing_more(nursery: trio.Nursery) -> None:
+    venue = KrakenSimulator(Market(seed=28), seed=28, updates_per_second=100.0)
+    feed, published = await start(nursery, venue)
+    await settled(venue, published)
+    await venue.send_malformed("huge", "ETHBTC")  # beyond the feed's 4 MiB message limit
+    # Building the 8 MiB message takes a while on a busy machine.
+    await until(lambda: venue.connections_total == 2 and venue.connections == 1, 30.0)
+    venue.unfreeze()
+    await until(lambda: venue.data_messages_sent >= 100)
+    await settled(venue, published)
+    assert feed.stats.reconnects == 1
+    assert feed.stats.resyncs == 0

@@ -17,11 +17,13 @@ counts as a break, so a book whose numbers never showed the full precision still
 The ``instrument`` channel would state the precision, but it is one large message covering
 every pair on every connection, and the checksum already tells which precision is right.
 
-A gap, duplicate or out-of-order update shows as a checksum mismatch: one Resync, then the
-symbol is unsubscribed and subscribed again on the same connection for a fresh snapshot. A
-duplicated update re-sets the same absolute quantities, so it changes nothing and needs no
-resync. After each update the book is cut to the subscribed depth (Kraken sends no delete
-for levels pushed out of it); the whole subscribed book is kept so a deleted top level is
+A lost or out-of-order update shows as a checksum mismatch: one Resync, then the symbol is
+unsubscribed and subscribed again on the same connection for a fresh snapshot. A duplicated
+update re-sets the same absolute quantities: it changes nothing, so the checksum cannot show
+it and nothing needs fixing.
+
+After each update the book is cut to the subscribed depth (Kraken sends no delete for
+levels pushed out of it); the whole subscribed book is kept so a deleted top level is
 refilled from below.
 """
 
