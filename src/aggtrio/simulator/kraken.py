@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 import trio
 
-from aggtrio.simulator.delta import DeltaSession, DeltaVenue, LevelChanges
+from aggtrio.simulator.delta import DELETED, DeltaSession, DeltaVenue, LevelChanges
 from aggtrio.simulator.market import Market
 from aggtrio.simulator.venue import Channel, Client, Rendered, Session, TextLevels
 from aggtrio.symbols import InvalidSymbolError, normalize_symbol, venue_pair
@@ -104,7 +104,7 @@ def _dumps(message: object) -> str:
 
 
 def _response(
-    method: str,
+    method: str | None,
     request_id: object,
     *,
     result: object = None,
@@ -113,7 +113,7 @@ def _response(
 ) -> str:
     """A reply to a request, as Kraken shapes it (``success``, ``time_in``, ``time_out``)."""
     now = _now()
-    reply: dict[str, Any] = {"method": method}
+    reply: dict[str, Any] = {} if method is None else {"method": method}
     if error is None:
         reply["result"] = result
         reply["success"] = True
@@ -246,10 +246,10 @@ class KrakenSession(DeltaSession):
         try:
             request = orjson.loads(message)
         except orjson.JSONDecodeError:
-            await client.send(_response("", None, error="Malformed request"))
+            await client.send(_response(None, None, error="Malformed request"))
             return
         if not isinstance(request, dict):
-            await client.send(_response("", None, error="Malformed request"))
+            await client.send(_response(None, None, error="Malformed request"))
             return
         method = request.get("method")
         request_id = request.get("req_id")
@@ -347,7 +347,7 @@ def _in_scope(
     return tuple(
         (price, qty)
         for price, qty in changes
-        if qty != "0" or ((float(price) > worst) if descending else (float(price) < worst))
+        if qty != DELETED or ((float(price) > worst) if descending else (float(price) < worst))
     )
 
 
