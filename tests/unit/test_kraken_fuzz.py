@@ -102,6 +102,18 @@ def good_snapshot(draw: st.DrawFn) -> str:
     return book_text("snapshot", pair, side_text(bids), side_text(asks), str(crc(bids, asks)))
 
 
+@st.composite
+def plausible_update(draw: st.DrawFn) -> str:
+    """A well-formed update: its checksum is right only by chance, so it mostly breaks."""
+    level = st.tuples(
+        st.integers(1, 99_999).map(lambda p: f"{p / 1e5:.5f}"),
+        st.integers(0, 10**9).map(lambda n: f"{n / 1e8:.8f}"),
+    )
+    bids, asks = (side_text(draw(st.lists(level, max_size=4))) for _ in "ba")
+    checksum = str(draw(st.integers(0, 2**32 - 1)))
+    return book_text("update", draw(st.sampled_from(PAIRS)), bids, asks, checksum)
+
+
 def book_text(kind: str, pair: str, bids: str, asks: str, checksum: str) -> str:
     return (
         f'{{"channel":"book","type":"{kind}","data":[{{"symbol":"{pair}","bids":{bids},'
@@ -146,7 +158,7 @@ control_messages = st.one_of(
         {"channel": st.sampled_from(["status", "book", "heartbeat"]), "data": json_values}
     ).map(lambda v: orjson.dumps(v).decode()),
 )
-messages = st.one_of(good_snapshot(), any_book(), control_messages)
+messages = st.one_of(good_snapshot(), plausible_update(), any_book(), control_messages)
 
 
 # --- properties -------------------------------------------------------------------------------
