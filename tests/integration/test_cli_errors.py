@@ -68,7 +68,7 @@ BAD_VALUES: dict[str, Case] = {
     ),
     "bad watch server": Case(("watch", "--server", "nonsense"), mentions=("nonsense",)),
     "unknown simulated venue": Case(
-        ("simulate", "--venue", "kraken=9001"), mentions=("--venue", "kraken", "binance")
+        ("simulate", "--venue", "nasdaq=9001"), mentions=("--venue", "nasdaq", "binance")
     ),
     "bad simulated port": Case(("simulate", "--venue", "binance=x"), mentions=("--venue", "x")),
     "unknown fault": Case(

@@ -60,7 +60,7 @@ def test_repeated_venue_is_listed_once() -> None:
     assert parse_venues("binance,Binance,bitstamp") == ("binance", "bitstamp")
 
 
-@pytest.mark.parametrize("text", ["foo", "binance,kraken", ""])
+@pytest.mark.parametrize("text", ["foo", "binance,nasdaq", ""])
 def test_unknown_venue_is_rejected_naming_the_known_ones(text: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_venues(text)
@@ -96,7 +96,7 @@ def test_venue_url_accepts_a_ws_base_endpoint(text: str, expected: tuple[str, st
     [
         ("ws://127.0.0.1:9001", "NAME=URL"),
         ("binance", "NAME=URL"),
-        ("kraken=wss://ws.kraken.com", "unknown venue"),
+        ("nasdaq=wss://ws.nasdaq.com", "unknown venue"),
         ("=ws://127.0.0.1:9001", "unknown venue"),
         ("binance=http://x", "ws://"),
         ("binance=https://stream.binance.com", "ws://"),

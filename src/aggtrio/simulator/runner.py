@@ -12,6 +12,7 @@ from aggtrio.simulator.binance import BinanceSimulator
 from aggtrio.simulator.bitstamp import BitstampSimulator
 from aggtrio.simulator.bybit import BybitSimulator
 from aggtrio.simulator.coinbase import CoinbaseSimulator
+from aggtrio.simulator.kraken import KrakenSimulator
 from aggtrio.simulator.market import Market
 from aggtrio.simulator.venue import SimulatedVenue
 
@@ -27,6 +28,7 @@ class SimulatorClass(Protocol):
 SIMULATORS: dict[str, SimulatorClass] = {
     "binance": BinanceSimulator,
     "bitstamp": BitstampSimulator,
+    "kraken": KrakenSimulator,
     "coinbase": CoinbaseSimulator,
     "bybit": BybitSimulator,
 }
@@ -44,7 +46,7 @@ DEFAULT_PORTS: dict[str, int] = {
 
 
 def make_simulator(name: str, market: Market, *, seed: int | None = None) -> SimulatedVenue:
-    """A simulator for venue ``name`` (``"binance"``, ``"bitstamp"``) with its defaults."""
+    """A simulator for venue ``name`` (a key of SIMULATORS) with its defaults."""
     try:
         cls = SIMULATORS[name.lower()]
     except KeyError:

@@ -7,10 +7,17 @@ from aggtrio.venues.binance import BinanceAdapter
 from aggtrio.venues.bitstamp import BitstampAdapter
 from aggtrio.venues.bybit import BybitAdapter
 from aggtrio.venues.coinbase import CoinbaseAdapter
+from aggtrio.venues.kraken import KrakenAdapter
 
 ADAPTERS: dict[str, type[VenueAdapter]] = {
     adapter.name: adapter
-    for adapter in (BinanceAdapter, BitstampAdapter, CoinbaseAdapter, BybitAdapter)
+    for adapter in (
+        BinanceAdapter,
+        BitstampAdapter,
+        KrakenAdapter,
+        CoinbaseAdapter,
+        BybitAdapter,
+    )
 }
 DEFAULT_VENUES: tuple[str, ...] = ("binance", "bitstamp")
 
