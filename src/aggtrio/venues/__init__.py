@@ -5,9 +5,10 @@ from __future__ import annotations
 from aggtrio.venues.base import VenueAdapter
 from aggtrio.venues.binance import BinanceAdapter
 from aggtrio.venues.bitstamp import BitstampAdapter
+from aggtrio.venues.okx import OkxAdapter
 
 ADAPTERS: dict[str, type[VenueAdapter]] = {
-    adapter.name: adapter for adapter in (BinanceAdapter, BitstampAdapter)
+    adapter.name: adapter for adapter in (BinanceAdapter, BitstampAdapter, OkxAdapter)
 }
 DEFAULT_VENUES: tuple[str, ...] = ("binance", "bitstamp")
 
