@@ -10,6 +10,7 @@ import trio
 from aggtrio.simulator.binance import BinanceSimulator
 from aggtrio.simulator.bitstamp import BitstampSimulator
 from aggtrio.simulator.market import Market
+from aggtrio.simulator.okx import OkxSimulator
 from aggtrio.simulator.venue import SimulatedVenue
 
 logger = logging.getLogger(__name__)
@@ -17,6 +18,7 @@ logger = logging.getLogger(__name__)
 SIMULATORS: dict[str, type[SimulatedVenue]] = {
     "binance": BinanceSimulator,
     "bitstamp": BitstampSimulator,
+    "okx": OkxSimulator,
 }
 
 
