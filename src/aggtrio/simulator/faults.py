@@ -17,6 +17,7 @@ import trio
 
 from aggtrio.simulator.binance import BinanceSimulator
 from aggtrio.simulator.bitstamp import BitstampSimulator
+from aggtrio.simulator.okx import OkxSimulator
 from aggtrio.simulator.venue import MALFORMED_KINDS, SimulatedVenue
 
 logger = logging.getLogger(__name__)
@@ -109,12 +110,14 @@ def parse_fault(text: str, venues: Collection[str]) -> FaultSpec:
 
 
 async def ask_to_reconnect(venue: SimulatedVenue, grace: float | None = None) -> None:
-    """The venue's own orderly-reconnect notice: ``serverShutdown`` or
-    ``bts:request_reconnect``; connections are closed after ``grace``."""
+    """The venue's own orderly-reconnect notice: ``serverShutdown``,
+    ``bts:request_reconnect`` or OKX's 64008; connections are closed after ``grace``."""
     if isinstance(venue, BinanceSimulator):
         await venue.request_shutdown(grace)
     elif isinstance(venue, BitstampSimulator):
         await venue.request_reconnect(grace)
+    elif isinstance(venue, OkxSimulator):
+        await venue.send_notice(grace)
     else:
         raise TypeError(f"{venue.name} has no reconnect notice")
 
