@@ -19,6 +19,7 @@ from trio_websocket import (
 from aggtrio.feed import Backoff, Feed, FeedState
 from aggtrio.model import BookEvent, VenueBook, VenueDown
 from aggtrio.simulator import Market
+from aggtrio.simulator.faults import ask_to_reconnect
 from aggtrio.simulator.okx import OkxSimulator
 from aggtrio.simulator.venue import MALFORMED_KINDS
 from aggtrio.venues.okx import OkxAdapter
@@ -217,11 +218,15 @@ async def test_a_silent_client_is_closed_after_the_idle_timeout(nursery: trio.Nu
         assert 0.2 <= trio.current_time() - opened < 1.0
 
 
-async def test_the_notice_is_64008_then_the_connection_closes(okx: OkxSimulator) -> None:
+@pytest.mark.parametrize("via", ["send_notice", "reconnect fault"])
+async def test_the_notice_is_64008_then_the_connection_closes(okx: OkxSimulator, via: str) -> None:
     async with open_websocket_url(books_url(okx)) as ws:
         await ws.send_message("ping")
         await recv(ws)
-        await okx.send_notice(grace=0.2)
+        if via == "send_notice":
+            await okx.send_notice(grace=0.2)
+        else:  # what `simulate --fault okx:reconnect-every=S` and chaos send
+            await ask_to_reconnect(okx, grace=0.2)
         notice = await recv(ws)
         assert (notice["event"], notice["code"]) == ("notice", "64008")
         assert "service upgrade" in notice["msg"]
