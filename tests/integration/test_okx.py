@@ -214,7 +214,9 @@ async def test_a_silent_client_is_closed_after_the_idle_timeout(nursery: trio.Nu
         opened = trio.current_time()
         with pytest.raises(ConnectionClosed) as excinfo:
             await recv(ws)
-        assert excinfo.value.reason.code == 4004
+        reason = excinfo.value.reason
+        assert reason is not None
+        assert reason.code == 4004
         assert 0.2 <= trio.current_time() - opened < 1.0
 
 

@@ -210,8 +210,10 @@ class OkxAdapter(VenueAdapter):
     def _truncate(book: DeltaBook) -> None:
         # OKX deletes levels that leave its 400-level window; if one is ever missed, it must
         # not linger (or grow the book) below the levels the venue still vouches for.
-        book.bids.truncate(BOOK_LEVELS)
-        book.asks.truncate(BOOK_LEVELS)
+        if len(book.bids) > BOOK_LEVELS:
+            book.bids.truncate(BOOK_LEVELS)
+        if len(book.asks) > BOOK_LEVELS:
+            book.asks.truncate(BOOK_LEVELS)
 
     def _levels(self, raw: object, side: str) -> list[PriceLevel]:
         """``[[px, sz, "0", orders], …]`` as (price, size) floats; a size of 0 deletes."""
