@@ -399,3 +399,30 @@ async def test_a_malformed_message_is_counted_and_the_feed_goes_on(
     assert feed.stats.resyncs == 0
     assert feed.stats.reconnects == 0
     assert not [event for event in watcher.history if isinstance(event, VenueDown)]
+
+
+async def test_a_huge_message_costs_one_connection_and_the_book_comes_back(
+    nursery: trio.Nursery, okx: OkxSimulator
+) -> None:
+    feed, watcher = await watch(nursery, okx)
+    await okx.send_malformed("huge", "ETHBTC")  # 8 MiB: the feed refuses it by size
+    with trio.fail_after(TIMEOUT):
+        await wait_until(lambda: okx.connections_total == 2 and okx.connections == 1)
+        await wait_until(
+            lambda: all(watcher.back_after(i, "ETHBTC") for i in watcher.downs("ETHBTC"))
+        )
+    await settled(okx, watcher)
+    assert feed.stats.reconnects == 1
+
+
+async def test_a_stream_with_garbage_in_place_of_data_resyncs_and_recovers(
+    nursery: trio.Nursery, okx: OkxSimulator
+) -> None:
+    feed, watcher = await watch(nursery, okx)
+    # A junk message in place of an update is also a missing update: a resync each time.
+    okx.garbage_rate(0.2)
+    with trio.fail_after(TIMEOUT):
+        await wait_until(lambda: feed.stats.malformed >= 3 and feed.stats.resyncs >= 1)
+    okx.reset_faults()
+    await settled(okx, watcher)
+    assert feed.stats.state is FeedState.LIVE

@@ -320,15 +320,34 @@ def test_an_update_before_any_snapshot_is_ignored(wire: Wire) -> None:
     assert adapter().handle_message(wire(update(100, 101, [bids()[0]])), RECV_NS) == []
 
 
+def ack(inst: str = "ETH-BTC") -> dict[str, Any]:
+    return {"event": "subscribe", "arg": {"channel": "books", "instId": inst}, "connId": "a4d3ae55"}
+
+
 def test_a_malformed_snapshot_is_asked_for_again_on_the_next_update(wire: Wire) -> None:
     okx = adapter()
+    assert okx.handle_message(wire(ack()), RECV_NS) == [Subscribed("ETHBTC")]
     with pytest.raises(MalformedMessageError):
         okx.handle_message(wire(snapshot(asks=[])), RECV_NS)
     # No other snapshot would come on its own: the next update of the symbol asks for one.
     events = okx.handle_message(wire(update(100, 101)), RECV_NS)
     assert [type(event) for event in events] == [Resync]
+    # Until the new subscription is acked, its old deltas are dropped without a word.
     assert okx.handle_message(wire(update(101, 102)), RECV_NS) == []
+    assert okx.handle_message(wire(ack()), RECV_NS) == [Subscribed("ETHBTC")]
     only_book(okx.handle_message(wire(snapshot(seq=7)), RECV_NS))
+
+
+def test_a_lost_snapshot_is_asked_for_again_once(wire: Wire) -> None:
+    okx = adapter("ETHBTC", "BTCUSDT")
+    okx.handle_message(wire(ack()), RECV_NS)
+    with pytest.raises(MalformedMessageError):
+        okx.handle_message(wire.text('{"arg": {"channel": "boo'), RECV_NS)  # was the snapshot
+    events = okx.handle_message(wire(update(100, 101)), RECV_NS)
+    assert events == [Resync("ETHBTC", "an update came where the snapshot should have")]
+    assert okx.handle_message(wire(update(101, 102)), RECV_NS) == []
+    # BTC-USDT, not acked yet, is simply awaiting its subscription.
+    assert okx.handle_message(wire(update(5, 6, inst="BTC-USDT")), RECV_NS) == []
 
 
 # --- control messages -------------------------------------------------------------------------
@@ -340,12 +359,7 @@ def test_pong_is_no_event(wire: Wire) -> None:
 
 def test_subscribe_ack_is_subscribed(wire: Wire) -> None:
     okx = adapter("ETHBTC", "BTCUSDT")
-    ack = {
-        "event": "subscribe",
-        "arg": {"channel": "books", "instId": "BTC-USDT"},
-        "connId": "a4d3ae55",
-    }
-    assert okx.handle_message(wire(ack), RECV_NS) == [Subscribed("BTCUSDT")]
+    assert okx.handle_message(wire(ack("BTC-USDT")), RECV_NS) == [Subscribed("BTCUSDT")]
     other = {"event": "subscribe", "arg": {"channel": "books", "instId": "LTC-BTC"}, "connId": "a"}
     assert okx.handle_message(wire(other), RECV_NS) == []
     unsub = {

@@ -70,9 +70,10 @@ class OkxAdapter(VenueAdapter):
         self._books = DeltaBooks(self.name, depth)
         # The seqId of the last message applied, per synced symbol.
         self._seq: dict[str, int] = {}
-        # Symbols whose snapshot was malformed: no other snapshot is coming on its own, so
-        # the next update asks for one.
-        self._snapshot_lost: set[str] = set()
+        # Symbols (re)subscribed but not yet acked: deltas of theirs still in flight belong to
+        # the old subscription and are dropped. Once acked, the snapshot comes next; a delta
+        # instead means the snapshot was lost (or malformed) and none will come on its own.
+        self._awaiting_ack: set[str] = set(self.symbols)
         self._numbers: dict[str, float] = {}
 
     # -- what to send ------------------------------------------------------------------
@@ -128,7 +129,10 @@ class OkxAdapter(VenueAdapter):
         event = envelope.get("event")
         if event == "subscribe":
             symbol = self._symbol_of(envelope.get("arg"))
-            return [Subscribed(symbol)] if symbol else []
+            if symbol is None:
+                return []
+            self._awaiting_ack.discard(symbol)
+            return [Subscribed(symbol)]
         if event == "unsubscribe":
             return []
         if event == "error":
@@ -143,17 +147,18 @@ class OkxAdapter(VenueAdapter):
         )
 
     def _snapshot(self, symbol: str, data: list[Any], recv_ns: int) -> list[AdapterEvent]:
-        try:
-            bids, asks, seq = self._checked_snapshot(data)
-        except MalformedMessageError:
-            if not self._books.synced(symbol):
-                self._snapshot_lost.add(symbol)
-            raise
-        self._snapshot_lost.discard(symbol)
+        bids, asks, seq = self._checked_snapshot(data)
+        self._awaiting_ack.discard(symbol)
         book = self._books.snapshot(symbol, bids, asks)
         self._truncate(book)
         self._seq[symbol] = seq
-        return self._books.publish(symbol, recv_ns)
+        return self._published(symbol, recv_ns)
+
+    def _published(self, symbol: str, recv_ns: int) -> list[AdapterEvent]:
+        events = self._books.publish(symbol, recv_ns)
+        if events and type(events[0]) is Resync:  # the book crossed or lost a side
+            self._awaiting_ack.add(symbol)
+        return events
 
     def _checked_snapshot(self, data: list[Any]) -> tuple[list[PriceLevel], list[PriceLevel], int]:
         if len(data) != 1:
@@ -185,15 +190,16 @@ class OkxAdapter(VenueAdapter):
             )
         book = self._books.book(symbol)
         if book is None:
-            if symbol in self._snapshot_lost:
-                self._snapshot_lost.discard(symbol)
-                return [Resync(symbol, "its snapshot was malformed")]
-            return []  # awaiting a snapshot: deltas of the old subscription are moot
+            if symbol in self._awaiting_ack:
+                return []  # deltas of the old subscription: moot
+            self._awaiting_ack.add(symbol)
+            return [Resync(symbol, "an update came where the snapshot should have")]
         last = self._seq[symbol]
         for prev, seq, bids, asks in updates:
             if prev != last:
                 # A gap, a repeated or a reordered update: the book missed something.
                 del self._seq[symbol]
+                self._awaiting_ack.add(symbol)
                 return self._books.break_(symbol, f"prevSeqId {prev} does not follow seqId {last}")
             # seq == prev is a keep-alive, seq < prev a reset after maintenance: both chain.
             last = seq
@@ -204,7 +210,7 @@ class OkxAdapter(VenueAdapter):
                 set_ask(price, amount)
         self._seq[symbol] = last
         self._truncate(book)
-        return self._books.publish(symbol, recv_ns)
+        return self._published(symbol, recv_ns)
 
     @staticmethod
     def _truncate(book: DeltaBook) -> None:
