@@ -360,6 +360,22 @@ async def test_pings_keep_a_quiet_connection_open(nursery: trio.Nursery) -> None
     assert feed.stats.state is FeedState.LIVE
 
 
+async def test_unanswered_pings_on_a_quiet_book_mean_a_stale_connection(
+    nursery: trio.Nursery,
+) -> None:
+    venue = OkxSimulator(Market(seed=27), seed=27)
+    await nursery.start(venue.serve)
+    feed, watcher = await watch(nursery, venue, FastPing(SYMBOLS, 10), liveness_timeout=0.5)
+    venue.freeze()
+    venue.ignore_heartbeats()
+    with trio.fail_after(TIMEOUT):
+        await wait_until(lambda: feed.stats.stalls == 1)
+    down = [event for event in watcher.history if isinstance(event, VenueDown)]
+    assert down
+    assert "stale" in down[0].reason
+    assert venue.heartbeats_ignored >= 3
+
+
 async def test_the_upgrade_notice_hands_over_to_a_new_connection_without_a_gap(
     nursery: trio.Nursery, okx: OkxSimulator
 ) -> None:
