@@ -107,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--count", type=_positive_int, help="exit after N summaries")
 
     demo = commands.add_parser(
-        "demo", help="simulated Binance and Bitstamp, the server and the live view, offline"
+        "demo", help="all six simulated venues, the server and the live view, offline"
     )
     demo.add_argument("--symbols", default="ETHBTC,BTCUSDT", help="pairs to simulate and serve")
     demo.add_argument("--port", default="50051", help="gRPC port of the demo server")

@@ -61,13 +61,15 @@ async def test_watch_unreachable_server_is_one_line_and_nonzero() -> None:
     assert "cannot reach" in err[0]
 
 
-async def test_demo_runs_offline_and_shows_both_venues() -> None:
-    result = await run_cli("demo", "--json", "--count", "40", "--port", "0", within=60)
+async def test_demo_runs_offline_and_merges_all_six_venues() -> None:
+    result = await run_cli("demo", "--json", "--count", "60", "--port", "0", within=60)
     assert result.returncode == 0, result.stderr
     summaries = [orjson.loads(line) for line in result.stdout.decode().splitlines()]
-    assert len(summaries) == 40
+    assert len(summaries) == 60
+    six = {"binance", "bitstamp", "kraken", "coinbase", "okx", "bybit"}
+    assert any(set(s["live_exchanges"]) == six for s in summaries)
     venues = {level["exchange"] for s in summaries for level in [*s["bids"], *s["asks"]]}
-    assert venues == {"binance", "bitstamp"}
+    assert len(venues) >= 4, venues  # one market, each venue's own noise: most reach the top
 
 
 async def test_serve_on_a_taken_port_is_one_line_and_nonzero(server: ServerProcess) -> None:

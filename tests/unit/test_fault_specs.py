@@ -75,3 +75,32 @@ def test_help_lists_every_kind() -> None:
 def test_spec_text_round_trips() -> None:
     for text in ("binance:garbage=0.05", "bitstamp:mute", "binance:drop-every=20"):
         assert str(parse_fault(text, VENUES)) == text
+
+
+ALL_VENUES = ("binance", "bitstamp", "kraken", "coinbase", "okx", "bybit")
+
+
+@pytest.mark.parametrize("venue", ["binance", "bitstamp", "kraken", "okx"])
+def test_reconnect_notices_only_where_the_protocol_has_one(venue: str) -> None:
+    assert parse_fault(f"{venue}:reconnect-every=5", ALL_VENUES).kind == "reconnect-every"
+
+
+@pytest.mark.parametrize("venue", ["coinbase", "bybit"])
+def test_a_venue_without_a_reconnect_notice_is_refused_naming_those_with_one(venue: str) -> None:
+    with pytest.raises(ValueError, match="cannot do reconnect-every") as info:
+        parse_fault(f"{venue}:reconnect-every=5", ALL_VENUES)
+    assert str(info.value) == (
+        f"'{venue}:reconnect-every=5': {venue} cannot do reconnect-every "
+        "(venues that can: binance, bitstamp, kraken, okx)"
+    )
+
+
+@pytest.mark.parametrize("venue", ["kraken", "coinbase", "okx", "bybit"])
+def test_sequence_breaks_only_on_delta_venues(venue: str) -> None:
+    assert parse_fault(f"{venue}:resync-every=2", ALL_VENUES).value == 2.0
+
+
+@pytest.mark.parametrize("venue", ["binance", "bitstamp"])
+def test_whole_book_venues_have_no_sequence_to_break(venue: str) -> None:
+    with pytest.raises(ValueError, match=f"{venue} cannot do resync-every"):
+        parse_fault(f"{venue}:resync-every=2", ALL_VENUES)

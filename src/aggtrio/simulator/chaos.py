@@ -17,7 +17,8 @@ import attrs
 import trio
 
 from aggtrio.simulator.bitstamp import BitstampSimulator
-from aggtrio.simulator.faults import ask_to_reconnect
+from aggtrio.simulator.delta import DeltaVenue
+from aggtrio.simulator.faults import ask_to_reconnect, reconnect_notice
 from aggtrio.simulator.venue import MALFORMED_KINDS, SimulatedVenue
 
 logger = logging.getLogger(__name__)
@@ -32,7 +33,8 @@ CHAOS_FAULTS = (
     "reject-subscriptions",  # and drop connections, so clients must subscribe again
     "garbage",  # a fraction of data messages malformed, until healed
     "malformed",  # one malformed message of a random kind, "huge" included
-    "reconnect",  # the venue's reconnect notice, with the heal time as grace
+    "reconnect",  # the venue's reconnect notice, with the heal time as grace (if it has one)
+    "sequence",  # delta venues: a gap, duplicate, reorder or bad checksum in one delta
 )
 
 
@@ -118,12 +120,12 @@ async def _inject(
     venue: SimulatedVenue, rng: random.Random, duration: float
 ) -> tuple[str, Heal, bool]:
     """Inject one random fault: its name, how to undo it, and whether it is a one-off."""
-    faults = [
-        fault
-        for fault in CHAOS_FAULTS
-        if fault != "ignore-heartbeats" or isinstance(venue, BitstampSimulator)
-    ]
-    fault = rng.choice(faults)
+    able = {
+        "ignore-heartbeats": isinstance(venue, BitstampSimulator),
+        "reconnect": reconnect_notice(venue) is not None,
+        "sequence": isinstance(venue, DeltaVenue),
+    }
+    fault = rng.choice([fault for fault in CHAOS_FAULTS if able.get(fault, True)])
 
     def nothing() -> None:
         pass
@@ -164,6 +166,11 @@ async def _inject(
         kind = rng.choice(MALFORMED_KINDS)
         await venue.send_malformed(kind)
         return f"malformed:{kind}", nothing, True
+    if fault == "sequence":
+        assert isinstance(venue, DeltaVenue)
+        kind = rng.choice(venue.supported_faults)
+        venue.inject(kind)
+        return f"sequence:{kind}", nothing, True
     # reconnect: the notice now, the close after the grace; the venue is busy meanwhile.
     await ask_to_reconnect(venue, grace=duration)
     return fault, nothing, False

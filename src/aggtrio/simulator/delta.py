@@ -181,6 +181,8 @@ class DeltaVenue(SimulatedVenue):
     supported_faults: ClassVar[tuple[str, ...]] = ("gap", "duplicate", "reorder")
     # Subscriptions spoiled by inject(), all kinds (a counter for tests, like the base's).
     faults_injected = 0
+    # Which of supported_faults inject_next() uses next.
+    _next_fault = 0
 
     def inject(self, kind: str, symbol: str | None = None) -> int:
         """Spoil the next delta of every open subscription (of `symbol` only, if given) with
@@ -203,3 +205,10 @@ class DeltaVenue(SimulatedVenue):
         self.faults_injected += count
         logger.info("%s simulator: injecting %r into %d subscriptions", self.name, kind, count)
         return count
+
+    def inject_next(self) -> str:
+        """Inject each of `supported_faults` in turn, one per call; returns the kind."""
+        kind = self.supported_faults[self._next_fault % len(self.supported_faults)]
+        self._next_fault += 1
+        self.inject(kind)
+        return kind

@@ -17,7 +17,9 @@ import trio
 
 from aggtrio.simulator.binance import BinanceSimulator
 from aggtrio.simulator.bitstamp import BitstampSimulator
+from aggtrio.simulator.delta import DeltaVenue
 from aggtrio.simulator.kraken import KrakenSimulator
+from aggtrio.simulator.okx import OkxSimulator
 from aggtrio.simulator.venue import MALFORMED_KINDS, SimulatedVenue
 
 logger = logging.getLogger(__name__)
@@ -45,8 +47,36 @@ FAULT_KINDS: dict[str, FaultKind] = {
     # Every so often.
     "drop-every": FaultKind("seconds", "every S seconds, reset all connections (no close frame)"),
     "close-every": FaultKind("seconds", "every S seconds, close all connections cleanly (1001)"),
-    "reconnect-every": FaultKind("seconds", "every S seconds, the venue's reconnect notice"),
+    "reconnect-every": FaultKind(
+        "seconds", "every S seconds, the venue's reconnect notice (not coinbase, bybit)"
+    ),
+    "resync-every": FaultKind(
+        "seconds",
+        "every S seconds, break a delta venue's sequence: gap, duplicate, reorder, bad "
+        "checksum in turn (kraken, coinbase, okx, bybit)",
+    ),
     "malformed-every": FaultKind("seconds", "every S seconds, one malformed message, random kind"),
+}
+
+
+def _venues_with_notice() -> list[str]:
+    from aggtrio.simulator.runner import SIMULATORS
+
+    return [n for n, cls in SIMULATORS.items() if reconnect_notice_class(cls)]
+
+
+def _delta_venues() -> list[str]:
+    from aggtrio.simulator.runner import SIMULATORS
+
+    return [
+        n for n, cls in SIMULATORS.items() if isinstance(cls, type) and issubclass(cls, DeltaVenue)
+    ]
+
+
+# Faults only some venues can show, and which those are.
+_VENUES_ABLE: dict[str, Callable[[], list[str]]] = {
+    "reconnect-every": _venues_with_notice,
+    "resync-every": _delta_venues,
 }
 
 
@@ -88,6 +118,11 @@ def parse_fault(text: str, venues: Collection[str]) -> FaultSpec:
     kind = FAULT_KINDS.get(name)
     if kind is None:
         raise ValueError(f"{text!r}: unknown fault {name!r} (known: {', '.join(FAULT_KINDS)})")
+    able = _VENUES_ABLE.get(name)
+    if able is not None and venue not in able():
+        raise ValueError(
+            f"{text!r}: {venue} cannot do {name} (venues that can: {', '.join(able())})"
+        )
     if kind.value is None:
         if equals:
             raise ValueError(f"{text!r}: {name} takes no value")
@@ -109,18 +144,44 @@ def parse_fault(text: str, venues: Collection[str]) -> FaultSpec:
     return FaultSpec(venue, name, value)
 
 
-async def ask_to_reconnect(venue: SimulatedVenue, grace: float | None = None) -> None:
-    """The venue's own orderly-reconnect notice: ``serverShutdown``,
-    ``bts:request_reconnect`` or Kraken's maintenance status; connections are closed after
-    ``grace``."""
+Notice = Callable[[float | None], Awaitable[None]]
+_NOTICE_CLASSES = (BinanceSimulator, BitstampSimulator, KrakenSimulator, OkxSimulator)
+
+
+def reconnect_notice_class(cls: object) -> bool:
+    """Whether simulators of class `cls` have a reconnect notice."""
+    return isinstance(cls, type) and issubclass(cls, _NOTICE_CLASSES)
+
+
+def reconnect_notice(venue: SimulatedVenue) -> Notice | None:
+    """How `venue` announces an orderly reconnect, if its protocol can (``serverShutdown``,
+    ``bts:request_reconnect``, Kraken's maintenance status, OKX's 64008 notice); it closes
+    its connections after the grace. None for venues that just close (Coinbase, Bybit)."""
     if isinstance(venue, BinanceSimulator):
-        await venue.request_shutdown(grace)
-    elif isinstance(venue, BitstampSimulator):
-        await venue.request_reconnect(grace)
-    elif isinstance(venue, KrakenSimulator):
-        await venue.announce_maintenance(grace)
-    else:
+        return venue.request_shutdown
+    if isinstance(venue, BitstampSimulator):
+        return venue.request_reconnect
+    if isinstance(venue, KrakenSimulator):
+        return venue.announce_maintenance
+    if isinstance(venue, OkxSimulator):
+        return venue.send_notice
+    return None
+
+
+async def ask_to_reconnect(venue: SimulatedVenue, grace: float | None = None) -> None:
+    """Send the venue's reconnect notice (see :func:`reconnect_notice`)."""
+    notice = reconnect_notice(venue)
+    if notice is None:
         raise TypeError(f"{venue.name} has no reconnect notice")
+    await notice(grace)
+
+
+async def break_sequence(venue: SimulatedVenue) -> None:
+    """Spoil the next delta of every subscription of a snapshot-then-delta venue with the
+    next continuity fault it supports, in turn (gap, duplicate, reorder, bad checksum)."""
+    if not isinstance(venue, DeltaVenue):
+        raise TypeError(f"{venue.name} sends whole books: it has no sequence to break")
+    venue.inject_next()
 
 
 async def run_faults(
@@ -197,5 +258,6 @@ _REPEATED: dict[str, Callable[[SimulatedVenue], Awaitable[None]]] = {
     "drop-every": _drop,
     "close-every": lambda venue: venue.close_connections(),
     "reconnect-every": ask_to_reconnect,
+    "resync-every": break_sequence,
     "malformed-every": _malformed,
 }

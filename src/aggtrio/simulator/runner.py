@@ -14,6 +14,7 @@ from aggtrio.simulator.bybit import BybitSimulator
 from aggtrio.simulator.coinbase import CoinbaseSimulator
 from aggtrio.simulator.kraken import KrakenSimulator
 from aggtrio.simulator.market import Market
+from aggtrio.simulator.okx import OkxSimulator
 from aggtrio.simulator.venue import SimulatedVenue
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ SIMULATORS: dict[str, SimulatorClass] = {
     "bitstamp": BitstampSimulator,
     "kraken": KrakenSimulator,
     "coinbase": CoinbaseSimulator,
+    "okx": OkxSimulator,
     "bybit": BybitSimulator,
 }
 

@@ -8,6 +8,7 @@ from aggtrio.venues.bitstamp import BitstampAdapter
 from aggtrio.venues.bybit import BybitAdapter
 from aggtrio.venues.coinbase import CoinbaseAdapter
 from aggtrio.venues.kraken import KrakenAdapter
+from aggtrio.venues.okx import OkxAdapter
 
 ADAPTERS: dict[str, type[VenueAdapter]] = {
     adapter.name: adapter
@@ -16,6 +17,7 @@ ADAPTERS: dict[str, type[VenueAdapter]] = {
         BitstampAdapter,
         KrakenAdapter,
         CoinbaseAdapter,
+        OkxAdapter,
         BybitAdapter,
     )
 }
