@@ -56,15 +56,37 @@ async def assert_merged_book_matches_the_venues(
     books the six venues last sent."""
     for sim in sims.values():
         sim.freeze()
+    # Changes made just before the freeze may still be on their way (OKX batches its
+    # pushes every 100 ms): compare once every venue has sent its final book.
+    await trio.sleep(0.5)
     for symbol in SYMBOLS:
         books = {name: sim.book(symbol) for name, sim in sims.items()}
         assert all(book is not None for book in books.values()), books
         bids, asks = naive_merge(books)
+        last: list[Summary] = []
 
-        def is_merge(s: Summary, bids: list[Level] = bids, asks: list[Level] = asks) -> bool:
+        def is_merge(
+            s: Summary,
+            bids: list[Level] = bids,
+            asks: list[Level] = asks,
+            last: list[Summary] = last,
+        ) -> bool:
+            last[:] = [s]
             return levels(s.bids) == bids and levels(s.asks) == asks
 
-        summary = await first_summary(server.port, symbol, is_merge)
+        try:
+            summary = await first_summary(server.port, symbol, is_merge)
+        except trio.TooSlowError:
+            # Say which venue's levels differ, not just that the book does.
+            got_bids, got_asks = levels(last[0].bids), levels(last[0].asks)
+            diff = {
+                "missing": sorted(set(bids + asks) - set(got_bids + got_asks)),
+                "unexpected": sorted(set(got_bids + got_asks) - set(bids + asks)),
+                "live": list(last[0].live_exchanges),
+            }
+            raise AssertionError(
+                f"{symbol}: merged book differs from the venues': {diff}"
+            ) from None
         assert summary.spread == asks[0][1] - bids[0][1]
     for sim in sims.values():
         sim.unfreeze()
