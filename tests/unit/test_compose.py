@@ -162,7 +162,9 @@ def test_servers_listen_on_every_interface_and_publish_their_configured_port(nam
     assert config.host == "0.0.0.0"  # loopback inside a container is unreachable from outside
     ports = published(SERVICES[name])
     assert ports, f"{name} publishes no port"
-    assert {container for _, _, container in ports} == {config.port}
+    # The gRPC port, and the metrics port if metrics are on: nothing else, nothing missing.
+    expected = {config.port} | ({config.metrics_port} if config.metrics_port else set())
+    assert {container for _, _, container in ports} == expected
 
 
 def test_the_dockerfile_exposes_the_default_port() -> None:
