@@ -75,7 +75,8 @@ def synced(wire: Wire, **kw: Any) -> BybitAdapter:
 
 
 def test_default_endpoint_is_bybits_public_spot_stream() -> None:
-    assert BybitAdapter.default_url == "wss://stream.bybit.com/v5/public/spot"
+    bybit = BybitAdapter(["ETHBTC"], 10)
+    assert bybit.connect_url(bybit.default_url) == "wss://stream.bybit.com/v5/public/spot"
 
 
 @pytest.mark.parametrize(

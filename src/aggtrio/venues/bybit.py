@@ -63,7 +63,8 @@ def topic_depth(depth: int) -> int:
 
 class BybitAdapter(VenueAdapter):
     name: ClassVar[str] = "bybit"
-    default_url: ClassVar[str] = "wss://stream.bybit.com" + PATH
+    # The base endpoint, as for every venue (--venue-url takes scheme, host and port only).
+    default_url: ClassVar[str] = "wss://stream.bybit.com"
     # A quiet book sends nothing: liveness rests on pongs, three heartbeats unanswered.
     default_liveness_timeout: ClassVar[float] = 15.0
     # Bybit asks for at least one ping per 20 s; more often notices a dead link sooner.
