@@ -7,7 +7,7 @@ import pytest
 
 from aggtrio.model import VenueBook
 from aggtrio.venues.base import MalformedMessageError, Resync
-from aggtrio.venues.delta import DeltaBooks, level_number
+from aggtrio.venues.delta import DeltaBooks, NumberMemo, level_number
 
 BIDS = [(0.0501, 1.0), (0.0500, 2.0), (0.0499, 3.0)]
 ASKS = [(0.0502, 1.5), (0.0503, 2.5), (0.0504, 3.5)]
@@ -105,3 +105,20 @@ def test_level_number_refuses_anything_else_saying_why(
 ) -> None:
     with pytest.raises(MalformedMessageError, match=reason):
         level_number(text, "amount", zero_ok=zero_ok)
+
+
+def test_number_memo_converts_each_text_once_and_refuses_what_is_not_a_level_number() -> None:
+    numbers = NumberMemo()
+    assert numbers.known("0.0501") is None
+    assert numbers.number("0.0501") == 0.0501
+    assert numbers.known("0.0501") == 0.0501  # remembered: the hot path is one lookup
+    assert numbers.number("0") == 0.0  # a zero amount deletes a level
+    for bad in ("-1", "nan", "inf"):
+        with pytest.raises(ValueError, match="negative or not finite"):
+            numbers.number(bad)
+    with pytest.raises(ValueError, match="could not convert"):
+        numbers.number("abc")
+    with pytest.raises(TypeError):
+        numbers.number(0.5)  # delta venues send numbers as strings
+    with pytest.raises(TypeError):
+        numbers.known(["unhashable"])

@@ -44,7 +44,7 @@ from aggtrio.venues.base import (
     check_book,
     load_json_object,
 )
-from aggtrio.venues.delta import DeltaBooks
+from aggtrio.venues.delta import DeltaBooks, NumberMemo
 
 PATH = "/v5/public/spot"
 # The book depths spot serves as snapshot-then-delta topics (level 1 is snapshot-only).
@@ -52,8 +52,6 @@ TOPIC_DEPTHS = (50, 200, 1000)
 # Spot refuses a subscribe request with more args than this.
 MAX_ARGS_PER_REQUEST = 10
 HEARTBEAT = orjson.dumps({"req_id": "ping", "op": "ping"}).decode()
-# Number texts a delta parser remembers before it starts afresh (see LEVEL_MEMO_LIMIT).
-_MEMO_LIMIT = 50_000
 
 
 def topic_depth(depth: int) -> int:
@@ -79,7 +77,7 @@ class BybitAdapter(VenueAdapter):
         }
         self._symbol_by_topic = {topic: symbol for symbol, topic in self._topic_of.items()}
         self._books = DeltaBooks(self.name, depth)
-        self._memo: dict[str, float] = {}
+        self._numbers = NumberMemo()
         # The `u` of the last message applied, per synced symbol.
         self._last_update: dict[str, int] = {}
         # Symbols whose subscribe was acknowledged and whose snapshot has not come yet: the
@@ -203,7 +201,7 @@ class BybitAdapter(VenueAdapter):
         """
         if type(raw) is not list:
             raise MalformedMessageError(f"{side} is not a list")
-        known, number = self._memo.get, self._number
+        known, number = self._numbers.known, self._numbers.number
         levels: list[PriceLevel] = []
         append = levels.append
         try:
@@ -225,19 +223,6 @@ class BybitAdapter(VenueAdapter):
             return self._checked_levels(raw, side)
         return levels
 
-    def _number(self, text: object) -> float:
-        """A finite number >= 0 from its text, remembered; TypeError / ValueError if none."""
-        if type(text) is not str:
-            raise TypeError("not a string")
-        value = float(text)
-        if not 0.0 <= value < math.inf:
-            raise ValueError("negative or not finite")
-        memo = self._memo
-        if len(memo) >= _MEMO_LIMIT:
-            memo.clear()
-        memo[text] = value
-        return value
-
     def _checked_levels(self, raw: list[Any], side: str) -> list[PriceLevel]:
         """The slow path of _levels: says exactly what is wrong."""
         levels: list[PriceLevel] = []
@@ -249,7 +234,7 @@ class BybitAdapter(VenueAdapter):
             if not isinstance(entry[0], str) or not isinstance(entry[1], str):
                 raise MalformedMessageError(f"{side} level {entry!r:.60} does not hold strings")
             try:
-                price, amount = self._number(entry[0]), self._number(entry[1])
+                price, amount = self._numbers.number(entry[0]), self._numbers.number(entry[1])
             except ValueError:
                 raise MalformedMessageError(
                     f"{side} level {entry!r:.60} is not a finite number >= 0"

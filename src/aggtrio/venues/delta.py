@@ -11,7 +11,8 @@ hands snapshots and level changes to :class:`DeltaBooks`, which keeps each symbo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from aggtrio.book import DeltaBook
 from aggtrio.model import PriceLevel, VenueBook
@@ -33,6 +34,38 @@ def level_number(text: object, what: str, *, zero_ok: bool) -> float:
     if not (0.0 <= value < math.inf if zero_ok else 0.0 < value < math.inf):
         raise MalformedMessageError(f"{what} {text!r:.40} is out of range")
     return value
+
+
+# Number texts a NumberMemo remembers before it starts afresh (as LEVEL_MEMO_LIMIT).
+NUMBER_MEMO_LIMIT = 50_000
+
+
+class NumberMemo:
+    """Floats (finite, >= 0) from the number texts of delta levels, each text converted once.
+
+    ``float()`` is the main cost of a level, and consecutive messages repeat most prices
+    and amounts. The hot path is ``known(text)`` (None for a text not seen yet, TypeError
+    for an unhashable one), then ``number(text)``, which converts, checks and remembers it
+    (TypeError / ValueError if it is not such a number); callers say what was wrong.
+    """
+
+    __slots__ = ("_memo", "known")
+
+    def __init__(self) -> None:
+        self._memo: dict[str, float] = {}
+        self.known: Callable[[Any], float | None] = self._memo.get
+
+    def number(self, text: object) -> float:
+        if type(text) is not str:
+            raise TypeError("not a string")
+        value = float(text)
+        if not 0.0 <= value < math.inf:
+            raise ValueError("negative or not finite")
+        memo = self._memo
+        if len(memo) >= NUMBER_MEMO_LIMIT:
+            memo.clear()  # in place: bound `known`s stay valid
+        memo[text] = value
+        return value
 
 
 class DeltaBooks:

@@ -42,7 +42,7 @@ from aggtrio.venues.base import (
     check_book,
     load_json_object,
 )
-from aggtrio.venues.delta import DeltaBooks
+from aggtrio.venues.delta import DeltaBooks, NumberMemo
 
 CHANNEL = "books"
 PATH = "/ws/v5/public"
@@ -51,8 +51,6 @@ PONGS = ("pong", b"pong")
 # The levels OKX keeps per side on this channel: a book never needs more.
 BOOK_LEVELS = 400
 SERVICE_UPGRADE_NOTICE = "64008"
-# Texts remembered per adapter before the memo starts afresh (as LevelParser does).
-NUMBER_MEMO_LIMIT = 50_000
 
 
 class OkxAdapter(VenueAdapter):
@@ -74,7 +72,7 @@ class OkxAdapter(VenueAdapter):
         # the old subscription and are dropped. Once acked, the snapshot comes next; a delta
         # instead means the snapshot was lost (or malformed) and none will come on its own.
         self._awaiting_ack: set[str] = set(self.symbols)
-        self._numbers: dict[str, float] = {}
+        self._numbers = NumberMemo()
 
     # -- what to send ------------------------------------------------------------------
 
@@ -225,7 +223,7 @@ class OkxAdapter(VenueAdapter):
         """``[[px, sz, "0", orders], …]`` as (price, size) floats; a size of 0 deletes."""
         if type(raw) is not list:
             raise MalformedMessageError(f"{side} is not a list")
-        known, number = self._numbers.get, self._number
+        known, number = self._numbers.known, self._numbers.number
         try:
             # `known(t) or number(t)`: 0.0 is falsy, so a "0" size is simply re-parsed.
             levels = [
@@ -241,18 +239,6 @@ class OkxAdapter(VenueAdapter):
             if not price:
                 raise MalformedMessageError(f"{side} has a level priced 0")
         return levels
-
-    def _number(self, text: object) -> float:
-        if type(text) is not str:
-            raise TypeError("not a string")
-        value = float(text)
-        if not 0.0 <= value < math.inf:
-            raise ValueError("negative or not finite")
-        memo = self._numbers
-        if len(memo) >= NUMBER_MEMO_LIMIT:
-            memo.clear()
-        memo[text] = value
-        return value
 
     @staticmethod
     def _explain(raw: list[Any], side: str) -> None:
