@@ -1,6 +1,7 @@
-"""Fuzzing the Bybit adapter: anything at all yields events or MalformedMessageError, and any
-stream of well-formed snapshots and deltas, continuous or not, yields exactly the book (and
-the resyncs) that a plain reference model of Bybit's rules says it should."""
+"""Fuzzing the Bybit adapter (arbitrary bytes, text and JSON: test_adapter_fuzz.py): any
+sequence of Bybit envelopes yields events or MalformedMessageError, and any stream of
+well-formed snapshots and deltas, continuous or not, yields exactly the book (and the
+resyncs) that a plain reference model of Bybit's rules says it should."""
 
 from __future__ import annotations
 
@@ -43,24 +44,6 @@ def check(adapter: BybitAdapter, message: str | bytes, recv_ns: int) -> None:
             assert event.symbol in adapter.symbols
         if isinstance(event, VenueBook):
             check_book(adapter, event, recv_ns)
-
-
-@FUZZ
-@given(message=st.binary(max_size=200), depth=depths)
-def test_arbitrary_bytes(message: bytes, depth: int) -> None:
-    check(BybitAdapter(SYMBOLS, depth), message, 1)
-
-
-@FUZZ
-@given(message=st.text(st.characters(exclude_categories=()), max_size=200), depth=depths)
-def test_arbitrary_text(message: str, depth: int) -> None:
-    check(BybitAdapter(SYMBOLS, depth), message, 1)
-
-
-@FUZZ
-@given(value=json_values, as_bytes=st.booleans(), depth=depths)
-def test_arbitrary_json(value: Any, as_bytes: bool, depth: int) -> None:
-    check(BybitAdapter(SYMBOLS, depth), wire(value, as_bytes), 1)
 
 
 topics = mostly(

@@ -1,8 +1,9 @@
 """Whatever arrives, the Kraken adapter returns events or raises MalformedMessageError.
 
-As for the other venues (test_adapter_fuzz.py), plus what a delta venue adds: a sequence of
-messages on one connection (snapshots, updates, control messages, junk) must never raise
-anything else, and every book it publishes must be one the merge can trust.
+Arbitrary bytes, text and JSON are fuzzed for every venue in test_adapter_fuzz.py; here is
+what a delta venue adds: a sequence of messages on one connection (snapshots, updates,
+control messages, junk) must never raise anything else, and every book it publishes must be
+one the merge can trust.
 """
 
 from __future__ import annotations
@@ -162,25 +163,6 @@ messages = st.one_of(good_snapshot(), plausible_update(), any_book(), control_me
 
 
 # --- properties -------------------------------------------------------------------------------
-
-
-@FUZZ
-@given(message=st.binary(max_size=200), depth=st.integers(1, 30))
-def test_arbitrary_bytes(message: bytes, depth: int) -> None:
-    check(KrakenAdapter(SYMBOLS, depth), message)
-
-
-@FUZZ
-@given(message=st.text(st.characters(exclude_categories=()), max_size=200))
-def test_arbitrary_text(message: str) -> None:
-    check(KrakenAdapter(SYMBOLS, 10), message)
-
-
-@FUZZ
-@given(value=json_values, as_bytes=st.booleans())
-def test_arbitrary_json(value: Any, as_bytes: bool) -> None:
-    data = orjson.dumps(value)
-    check(KrakenAdapter(SYMBOLS, 10), data if as_bytes else data.decode())
 
 
 @FUZZ

@@ -1,8 +1,9 @@
 """Whatever arrives on an OKX connection, the adapter returns events or MalformedMessageError.
 
-The shared property and strategies of test_adapter_fuzz, with OKX's envelopes: book data
-(snapshots and updates whose seqIds mostly chain, so deltas are applied and not just
-dropped), acks, errors, notices and ``pong``. Events must be the adapter's kinds, and every
+The shared property and strategies of test_adapter_fuzz (which feeds every adapter arbitrary
+bytes, text and JSON), with OKX's envelopes: book data (snapshots and updates whose seqIds
+mostly chain, so deltas are applied and not just dropped), acks, errors, notices and
+``pong``. Events must be the adapter's kinds, and every
 book it publishes must be one the merge can trust.
 """
 
@@ -145,18 +146,6 @@ def handle(adapter: OkxAdapter, message: str | bytes, recv_ns: int) -> None:
             check_book(adapter, event, recv_ns)
         else:
             assert type(event).__name__ in ("Subscribed", "VenueError", "ReconnectRequested")
-
-
-@FUZZ
-@given(message=st.binary(max_size=200), depth=depths)
-def test_arbitrary_bytes(message: bytes, depth: int) -> None:
-    handle(OkxAdapter(SYMBOLS, depth), message, 1)
-
-
-@FUZZ
-@given(message=st.text(st.characters(exclude_categories=()), max_size=200), depth=depths)
-def test_arbitrary_text(message: str, depth: int) -> None:
-    handle(OkxAdapter(SYMBOLS, depth), message, 1)
 
 
 @FUZZ
