@@ -174,9 +174,50 @@ class DeltaSession(Session):
                 return
 
 
+class OfflineSubscription:
+    """One subscription's data messages without a connection, for recordings made without
+    serving (the ingest benchmark; see :class:`~aggtrio.simulator.venue.OfflineClient`).
+
+    The messages are the session's own (:meth:`DeltaSession.snapshot_message` and
+    :meth:`DeltaSession.update_message`, with its sequence numbers and checksums), diffed
+    by :class:`BookDiff` as the data loop does; the caller moves the venue's books
+    (:meth:`SimulatedVenue.step`) and asks for :meth:`update` when the venue would push:
+    after every change, or every :attr:`DeltaVenue.push_interval` seconds.
+    """
+
+    def __init__(self, session: DeltaSession, channel: Channel) -> None:
+        self.session = session
+        self.channel = channel
+        self._diff = BookDiff()
+
+    def _render(self) -> Rendered:
+        venue = self.session.venue
+        return venue.render(venue.symbol_state(self.channel.symbol), self.channel.depth)
+
+    def snapshot(self) -> str:
+        """The snapshot the subscription starts with (or restarts with, on a resync)."""
+        rendered = self._render()
+        self._diff.snapshot(rendered)
+        self.session.venue.note_sent(self.channel.symbol, rendered)
+        return self.session.snapshot_message(self.channel, rendered)
+
+    def update(self) -> str | None:
+        """The delta to the venue's book as it is now; None if nothing this channel shows
+        changed since the last message (the data loop sends nothing then either)."""
+        rendered = self._render()
+        changes = self._diff.changes(rendered)
+        if not changes:
+            return None
+        self.session.venue.note_sent(self.channel.symbol, rendered)
+        return self.session.update_message(self.channel, changes, rendered, bad_checksum=False)
+
+
 class DeltaVenue(SimulatedVenue):
     """A simulated venue whose subscriptions are snapshot-then-delta (see the module doc)."""
 
+    # Seconds between one subscription's pushes, each carrying all the changes since the
+    # last (OKX: 0.1); None: a delta goes out on every change, as the shared loop does.
+    push_interval: float | None = None
     # Which of SEQUENCE_FAULTS this venue can show (bad-checksum needs checksums).
     supported_faults: ClassVar[tuple[str, ...]] = ("gap", "duplicate", "reorder")
     # Subscriptions spoiled by inject(), all kinds (a counter for tests, like the base's).

@@ -353,6 +353,7 @@ class OkxSimulator(DeltaVenue):
 
     name = "okx"
     supported_faults: ClassVar[tuple[str, ...]] = ("gap", "duplicate", "reorder")
+    push_interval: float  # never None: OKX batches every subscription's changes
 
     def __init__(
         self,

@@ -296,9 +296,9 @@ class SymbolState:
 class Client:
     """One accepted (or handshaking) client connection, as the venue tracks it."""
 
-    def __init__(self, venue: SimulatedVenue, stream: trio.SocketStream) -> None:
+    def __init__(self, venue: SimulatedVenue, stream: trio.SocketStream | None) -> None:
         self.venue = venue
-        self.stream = stream
+        self.stream = stream  # None only for an OfflineClient
         self.ws: WebSocketConnection | None = None
         self.session: Session | None = None
         # Cancelled by kill(): ends everything on this connection with no close frame.
@@ -409,8 +409,37 @@ class Client:
     def abort(self) -> None:
         """Reset the TCP connection at once: no close frame, no FIN, an RST."""
         self.killed = True
-        _set_reset_on_close(self.stream)
+        if self.stream is not None:
+            _set_reset_on_close(self.stream)
         self.scope.cancel()
+
+
+class OfflineClient(Client):
+    """A connection with no socket, for recordings made without serving (the ingest
+    benchmark): the session's replies are kept in :attr:`sent`, and the tasks it would start
+    (data loops, heartbeats) never run; the caller produces the data itself, in virtual time.
+
+    Feed it the client's requests with ``await session.received(client, request)``; the
+    session then holds the channels a real connection would have subscribed to.
+    """
+
+    def __init__(self, venue: SimulatedVenue, session: Session) -> None:
+        super().__init__(venue, None)
+        self.session = session
+        self.sent: list[str | bytes] = []
+
+    @property
+    def open(self) -> bool:
+        return not self.ended
+
+    def start_soon(self, fn: Callable[[], Awaitable[object]]) -> bool:
+        return False
+
+    async def send(self, message: str | bytes) -> bool:
+        if self.ended:
+            return False
+        self.sent.append(message)
+        return True
 
 
 def _set_reset_on_close(stream: trio.SocketStream) -> None:
@@ -1077,6 +1106,7 @@ class SimulatedVenue(abc.ABC):
 
     async def _run_client(self, client: Client, nursery: trio.Nursery) -> None:
         request = None
+        assert client.stream is not None  # an accepted connection, never an OfflineClient
         # A connection accepted while stalled gets no handshake, and no timeout either.
         await self.wait_unstalled()
         with trio.move_on_after(self.handshake_timeout):
