@@ -9,6 +9,18 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from rich.console import Console
+
+from aggtrio.bench.ingest import (
+    COMBINED,
+    DELTA_VENUES,
+    VENUES,
+    Pipeline,
+    check_replay,
+    record_messages,
+    run_ingest_bench,
+)
+from aggtrio.bench.report import render_ingest
 
 from .harness import ROOT
 
@@ -84,3 +96,60 @@ async def test_quick_bench_runs_every_system_section(tmp_path: Path) -> None:
     check_memory(data["sections"]["memory"])
     for title in ("machine:", "Latency", "Fan-out", "Memory"):
         assert title in printed
+
+
+def test_ingest_recording_exercises_every_delta_venue_without_a_resync() -> None:
+    """The recording holds each delta venue's connection as its simulator sends it: the
+    acks, one snapshot per symbol, then deltas whose sequence numbers and checksums the
+    adapters accept, interleaved with the other venues. A resync or a malformed message
+    would mean the recording, not the service, is wrong."""
+    seconds = 10.0
+    recording = record_messages(seconds, VENUES)
+    pipeline = Pipeline(VENUES)
+    pipeline.feed(recording)
+    row = {
+        "books_published": pipeline.books,
+        "resyncs": pipeline.resyncs,
+        "malformed": pipeline.malformed,
+    }
+    assert check_replay(row, VENUES) == []
+    assert pipeline.aggregator.summaries_published > 0
+    for venue in DELTA_VENUES:
+        own = [entry for entry in recording if entry[0] == venue]
+        # Snapshots: Kraken's, Coinbase's and Bybit's "type", OKX's "action".
+        assert sum(message.count(':"snapshot"') for _, message in own) == 2, venue
+        # About 20 changes a second per symbol; some leave the channel's levels unchanged.
+        assert 10 * seconds < len(own) < 2 * 25 * seconds, (venue, len(own))
+        # Alone, too: the venue's messages need nothing from the others'.
+        alone = Pipeline([venue])
+        alone.feed(own)
+        assert alone.books[venue] > len(own) // 2, venue
+        assert not alone.resyncs, venue
+        assert not alone.malformed, venue
+    # OKX batches each symbol's changes into one push per 100 ms.
+    okx = sum(venue == "okx" for venue, _ in recording)
+    assert okx <= 2 * 10 * seconds + 4
+    # Interleaved in arrival order: every venue shows up early, not one venue after another.
+    first = {venue for venue, _ in recording[: len(recording) // 10]}
+    assert first == set(VENUES)
+
+
+def test_quick_ingest_bench_reports_each_venue_and_the_earlier_pair() -> None:
+    result = run_ingest_bench(quick=True)
+    assert list(result["venues"]) == list(VENUES)
+    assert set(result["combined"]) == set(COMBINED) == {"binance+bitstamp"}
+    pair = result["combined"]["binance+bitstamp"]
+    assert pair["messages"] == sum(
+        result["venues"][v]["messages"] for v in COMBINED["binance+bitstamp"]
+    )
+    assert result["messages"] == sum(row["messages"] for row in result["venues"].values())
+    for row in [result, pair, *result["venues"].values()]:
+        assert row["us_per_message"] > row["floor_us_per_message"] > 0
+        assert row["ratio"] > 1
+        assert not row["resyncs"]
+        assert not row["malformed"]
+    console = Console(record=True, width=160)
+    render_ingest(console, result)
+    printed = console.export_text()
+    for label in (*VENUES, "binance+bitstamp (together)", "all 6 venues"):
+        assert label in printed

@@ -82,23 +82,35 @@ def _table(title: str, columns: Sequence[str]) -> Table:
 def render_ingest(console: Console, result: dict[str, Any]) -> None:
     table = _table(
         "Ingest: CPU per venue message, in-process (µs)",
-        ("venue", "µs / message", "floor µs / message", "ratio", "messages"),
+        ("venue", "µs / message", "floor µs / message", "ratio", "messages", "bytes / message"),
     )
-    for venue, row in result.get("venues", {}).items():
-        floor = row["floor_us_per_message"]
-        ratio = f"{row['us_per_message'] / floor:.2f}" if floor else ""
+
+    def row(label: str, stats: dict[str, Any], *, end_section: bool = False) -> None:
+        floor = stats["floor_us_per_message"]
         table.add_row(
-            venue, f"{row['us_per_message']:.1f}", f"{floor:.1f}", ratio, f"{row['messages']:,}"
+            label,
+            f"{stats['us_per_message']:.1f}",
+            f"{floor:.1f}",
+            f"{stats['us_per_message'] / floor:.2f}" if floor else "",
+            f"{stats['messages']:,}",
+            f"{stats['bytes_per_message']:,}" if "bytes_per_message" in stats else "",
+            end_section=end_section,
         )
-    table.add_row(
-        "all",
-        f"{result['us_per_message']:.1f}",
-        f"{result['floor_us_per_message']:.1f}",
-        f"{result['ratio']:.2f}",
-        f"{result['messages']:,}",
-    )
+
+    venues = list(result.get("venues", {}).items())
+    for index, (venue, stats) in enumerate(venues):
+        row(venue, stats, end_section=index == len(venues) - 1)
+    for label, stats in result.get("combined", {}).items():
+        row(f"{label} (together)", stats)
+    row(f"all {len(venues)} venues" if venues else "all", result)
     console.print(table)
-    console.print(f"ingest: {result['messages_per_second']:,.0f} messages/s on one core")
+    seconds = result.get("recorded_seconds")
+    recorded = f" ({seconds:g} s recorded)" if seconds else ""
+    console.print(
+        f"ingest: {result['messages_per_second']:,.0f} messages/s on one core, all venues' "
+        f"messages as received{recorded}; each row replays only its venues' messages, so "
+        "'all' also merges every venue's book into each summary"
+    )
 
 
 def render_book(console: Console, result: dict[str, Any]) -> None:
