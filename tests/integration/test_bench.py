@@ -126,6 +126,11 @@ def test_ingest_recording_exercises_every_delta_venue_without_a_resync() -> None
         assert alone.books[venue] > len(own) // 2, venue
         assert not alone.resyncs, venue
         assert not alone.malformed, venue
+        # And the check has teeth: without one of its deltas, the venue's adapter resyncs.
+        gap = [entry for entry in recording if entry is not own[20]]
+        broken = Pipeline(VENUES)
+        broken.feed(gap)
+        assert broken.resyncs[venue] >= 1, venue
     # OKX batches each symbol's changes into one push per 100 ms.
     okx = sum(venue == "okx" for venue, _ in recording)
     assert okx <= 2 * 10 * seconds + 4

@@ -343,10 +343,12 @@ def run_ingest_bench(*, quick: bool = False) -> dict[str, Any]:
     rounds = 3 if quick else 9
     _time_pipeline(recording, 1)  # warm-up: first-use caches, allocator
     result = _measure(recording, rounds)
+    result["venues"] = {venue: _measure(_only(recording, {venue}), rounds) for venue in VENUES}
     problems = check_replay(result, VENUES)
+    for venue, row in result["venues"].items():
+        problems += [f"{problem} (alone)" for problem in check_replay(row, {venue})]
     if problems:
         raise BenchError(f"the replay of the recording went wrong: {'; '.join(problems)}")
-    result["venues"] = {venue: _measure(_only(recording, {venue}), rounds) for venue in VENUES}
     result["combined"] = {
         label: _measure(_only(recording, group), rounds) for label, group in COMBINED.items()
     }
