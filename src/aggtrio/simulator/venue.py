@@ -217,10 +217,36 @@ def malform(
     elif kind == "crossed":
         _cross(bids, asks)
     elif kind == "huge":
-        asks.extend(_ladder(asks[-1] if asks else ["1", "1"], HUGE_MESSAGE_BYTES))
+        return _huge(book, asks, envelope)
     else:
         raise ValueError(f"unknown malformed kind {kind!r} (known: {', '.join(MALFORMED_KINDS)})")
     return _dumps(envelope(book))
+
+
+def _huge(book: dict[str, Any], asks: list[list[Any]], envelope: Envelope) -> str:
+    """``envelope(book)`` with asks added until it is HUGE_MESSAGE_BYTES on the wire.
+
+    Venues spell a level out differently (Kraken's ``{"price": …, "qty": …}``, Coinbase's
+    update records with a side and a time each), so what a level costs is measured on a
+    sample of the ladder in the venue's own envelope, not assumed from ``[price, amount]``.
+    """
+    base = len(_dumps(envelope(book)))
+    last = asks[-1] if asks else ["1", "1"]
+    sample = _ladder(last, 64 * 1024)
+    asks.extend(sample)
+    per_level = (len(_dumps(envelope(book))) - base) / len(sample)
+    del asks[-len(sample) :]
+    if per_level <= 0:  # an envelope that ignores extra asks: size them as [price, amount]
+        asks.extend(_ladder(last, HUGE_MESSAGE_BYTES))
+        return _dumps(envelope(book))
+    # A few hundred levels (some KB) over the estimate: levels differ a little in length.
+    count = max(0, math.ceil((HUGE_MESSAGE_BYTES - base) / per_level)) + 256
+    while True:
+        asks.extend(_ladder(last, 0, count=count))
+        text = _dumps(envelope(book))
+        if len(text) >= HUGE_MESSAGE_BYTES:
+            return text
+        last, count = asks[-1], 1024
 
 
 def data_message(session: Session, channel: Channel, rendered: Rendered) -> str:
@@ -247,9 +273,9 @@ def _cross(bids: list[list[Any]], asks: list[list[Any]]) -> None:
     bids.insert(0, [price, asks[0][1]])
 
 
-def _ladder(last: list[Any], size: int) -> list[list[str]]:
+def _ladder(last: list[Any], size: int, *, count: int | None = None) -> list[list[str]]:
     """Ascending ask levels after ``last`` (distinct prices, its precision) worth ``size``
-    bytes of JSON: a syntactically valid, absurdly deep book."""
+    bytes of JSON (or ``count`` levels): a syntactically valid, absurdly deep book."""
     whole, _, fraction = str(last[0]).partition(".")
     decimals = len(fraction)
     try:
@@ -258,10 +284,10 @@ def _ladder(last: list[Any], size: int) -> list[list[str]]:
         units, decimals = 0, _WIRE_DECIMALS
     units = max(units, 0)
     qty = str(last[1])
-    level_bytes = len(_dumps([format_units(units, decimals), qty])) + 1
-    return [
-        [format_units(units + step, decimals), qty] for step in range(1, size // level_bytes + 2)
-    ]
+    if count is None:
+        level_bytes = len(_dumps([format_units(units, decimals), qty])) + 1
+        count = size // level_bytes + 1
+    return [[format_units(units + step, decimals), qty] for step in range(1, count + 1)]
 
 
 class SymbolState:
