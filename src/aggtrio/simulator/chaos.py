@@ -16,9 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 import attrs
 import trio
 
-from aggtrio.simulator.bitstamp import BitstampSimulator
 from aggtrio.simulator.delta import DeltaVenue
-from aggtrio.simulator.faults import ask_to_reconnect, reconnect_notice
+from aggtrio.simulator.faults import answers_heartbeats, ask_to_reconnect, reconnect_notice
 from aggtrio.simulator.venue import MALFORMED_KINDS, SimulatedVenue
 
 logger = logging.getLogger(__name__)
@@ -29,7 +28,7 @@ CHAOS_FAULTS = (
     "close",  # close the open connections cleanly (1001)
     "stall",
     "mute",
-    "ignore-heartbeats",  # Bitstamp only: Binance has no application heartbeat
+    "ignore-heartbeats",  # venues whose clients send heartbeats (not Binance, Coinbase)
     "reject-subscriptions",  # and drop connections, so clients must subscribe again
     "garbage",  # a fraction of data messages malformed, until healed
     "malformed",  # one malformed message of a random kind, "huge" included
@@ -121,7 +120,7 @@ async def _inject(
 ) -> tuple[str, Heal, bool]:
     """Inject one random fault: its name, how to undo it, and whether it is a one-off."""
     able = {
-        "ignore-heartbeats": isinstance(venue, BitstampSimulator),
+        "ignore-heartbeats": answers_heartbeats(venue),
         "reconnect": reconnect_notice(venue) is not None,
         "sequence": isinstance(venue, DeltaVenue),
     }

@@ -17,6 +17,7 @@ import trio
 
 from aggtrio.simulator.binance import BinanceSimulator
 from aggtrio.simulator.bitstamp import BitstampSimulator
+from aggtrio.simulator.bybit import BybitSimulator
 from aggtrio.simulator.delta import DeltaVenue
 from aggtrio.simulator.kraken import KrakenSimulator
 from aggtrio.simulator.okx import OkxSimulator
@@ -37,7 +38,9 @@ class FaultKind:
 FAULT_KINDS: dict[str, FaultKind] = {
     # Switches: on for the whole run.
     "mute": FaultKind(None, "no data messages; pings, heartbeats and acks still answered"),
-    "ignore-heartbeats": FaultKind(None, "leave application heartbeats unanswered (Bitstamp)"),
+    "ignore-heartbeats": FaultKind(
+        None, "leave application heartbeats unanswered (Bitstamp, Kraken, OKX, Bybit)"
+    ),
     "reject-subscriptions": FaultKind(None, "answer every subscription with the venue's error"),
     "garbage": FaultKind("fraction", "replace a fraction F (0..1) of data messages with junk"),
     "max-connection-age": FaultKind("seconds", "close each connection S seconds after it opened"),
@@ -146,6 +149,15 @@ def parse_fault(text: str, venues: Collection[str]) -> FaultSpec:
 
 Notice = Callable[[float | None], Awaitable[None]]
 _NOTICE_CLASSES = (BinanceSimulator, BitstampSimulator, KrakenSimulator, OkxSimulator)
+
+
+# Venues whose clients send application heartbeats (Binance and Coinbase clients send none).
+_HEARTBEAT_CLASSES = (BitstampSimulator, KrakenSimulator, OkxSimulator, BybitSimulator)
+
+
+def answers_heartbeats(venue: SimulatedVenue) -> bool:
+    """Whether `venue` answers application heartbeats, so ignoring them is a fault."""
+    return isinstance(venue, _HEARTBEAT_CLASSES)
 
 
 def reconnect_notice_class(cls: object) -> bool:
