@@ -10,10 +10,8 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
-from aggtrio.simulator import MALFORMED_KINDS, Market, SimBook
+from aggtrio.simulator import Market, SimBook
 from aggtrio.simulator.bybit import BybitSimulator
-from aggtrio.venues.base import MalformedMessageError
-from aggtrio.venues.bybit import BybitAdapter
 
 TIMEOUT = 5.0
 TOPIC = "orderbook.50.ETHBTC"
@@ -280,22 +278,3 @@ async def test_rejected_subscriptions_are_refused(bybit: BybitSimulator) -> None
         reply = await subscribe(ws, TOPIC)
     assert reply["success"] is False
     assert bybit.subscriptions_rejected == 1
-
-
-@pytest.mark.parametrize("kind", [kind for kind in MALFORMED_KINDS if kind != "huge"])
-async def test_every_malformed_kind_is_refused_by_the_adapter(
-    bybit: BybitSimulator, kind: str
-) -> None:
-    adapter = BybitAdapter(["ETHBTC"], 10)
-    async with open_websocket_url(spot_url(bybit)) as ws:
-        await subscribe(ws, TOPIC)
-        assert adapter.handle_message(await ws.get_message(), 1)  # the snapshot
-        bybit.freeze()
-        await bybit.send_malformed(kind, "ETHBTC")
-        message = await ws.get_message()
-        while isinstance(message, str) and '"delta"' in message:
-            adapter.handle_message(message, 2)
-            message = await ws.get_message()
-    assert bybit.malformed_sent == 1
-    with pytest.raises(MalformedMessageError):
-        adapter.handle_message(message, 3)
