@@ -22,7 +22,9 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from aggtrio.model import VenueBook
 from aggtrio.simulator import (
+    SIMULATORS,
     BinanceSimulator,
     BitstampSimulator,
     Market,
@@ -30,6 +32,7 @@ from aggtrio.simulator import (
     SimulatedVenue,
     run_simulators,
 )
+from aggtrio.venues import ADAPTERS
 
 INTERVAL = 0.02
 TIMEOUT = 2.0
@@ -486,32 +489,36 @@ async def test_bitstamp_rejects_other_paths(bitstamp: BitstampSimulator) -> None
     assert excinfo.value.status_code == 404
 
 
-# -- Both ----------------------------------------------------------------------------------
+# -- Every venue ---------------------------------------------------------------------------
 
 
-def subscribe_url(venue: SimulatedVenue) -> tuple[str, dict[str, Any] | None]:
-    if isinstance(venue, BinanceSimulator):
-        return f"{venue.url}/stream?streams=ethbtc@depth5@100ms", None
-    return venue.url, {"event": "bts:subscribe", "data": {"channel": "order_book_ethbtc"}}
+async def first_data(ws: WebSocketConnection, venue: SimulatedVenue) -> None:
+    """Subscribe as the service's adapter for `venue` does, and read until it has a book."""
+    adapter = ADAPTERS[venue.name](["ETHBTC"], 10)
+    for message in adapter.subscribe_messages():
+        await ws.send_message(message)
+    with trio.fail_after(TIMEOUT):
+        while not any(
+            isinstance(event, VenueBook)
+            for event in adapter.handle_message(await ws.get_message(), 1)
+        ):
+            pass
 
 
-async def first_data(ws: WebSocketConnection, subscribe: dict[str, Any] | None) -> None:
-    if subscribe is not None:
-        await send(ws, subscribe)
-    with trio.fail_after(2):
-        while "data" not in await recv(ws) or subscribe is not None:
-            subscribe = None  # skip the Bitstamp ack
+def data_url(venue: SimulatedVenue) -> str:
+    return ADAPTERS[venue.name](["ETHBTC"], 10).connect_url(venue.url)
 
 
-@pytest.mark.parametrize("venue_name", ["binance", "bitstamp"])
+@pytest.mark.parametrize("venue_name", list(SIMULATORS))
 async def test_kill_resets_connections_and_restart_listens_again(
-    venue_name: str, binance: BinanceSimulator, bitstamp: BitstampSimulator
+    venue_name: str, nursery: trio.Nursery
 ) -> None:
-    venue: SimulatedVenue = binance if venue_name == "binance" else bitstamp
+    venue = SIMULATORS[venue_name](Market(seed=7), seed=7)
+    await nursery.start(venue.serve)
     port = venue.port
-    url, subscribe = subscribe_url(venue)
+    url = data_url(venue)
     async with open_websocket_url(url) as ws:
-        await first_data(ws, subscribe)
+        await first_data(ws, venue)
         assert venue.connections == 1
         await venue.kill()
         assert venue.connections == 0
@@ -525,7 +532,7 @@ async def test_kill_resets_connections_and_restart_listens_again(
     await venue.restart()
     assert venue.port == port
     async with open_websocket_url(url) as ws:
-        await first_data(ws, subscribe)
+        await first_data(ws, venue)
         assert venue.connections == 1
     assert venue.connections_total == 2
     await venue.kill()
@@ -551,25 +558,23 @@ async def test_garbage_never_crashes_a_simulator(binance: BinanceSimulator) -> N
 
 
 async def test_run_simulators_shares_one_market(nursery: trio.Nursery) -> None:
+    names = {name.capitalize() if name == "bitstamp" else name: 0 for name in SIMULATORS}
     venues: dict[str, SimulatedVenue] = await nursery.start(
-        lambda task_status: run_simulators(
-            {"binance": 0, "Bitstamp": 0}, seed=3, task_status=task_status
-        )
+        lambda task_status: run_simulators(names, seed=3, task_status=task_status)
     )
-    assert set(venues) == {"binance", "bitstamp"}
-    assert isinstance(venues["binance"], BinanceSimulator)
-    assert isinstance(venues["bitstamp"], BitstampSimulator)
-    assert venues["binance"].port != venues["bitstamp"].port
-    assert venues["binance"].market is venues["bitstamp"].market
+    assert set(venues) == set(SIMULATORS)
+    for name, venue in venues.items():
+        assert type(venue) is SIMULATORS[name]
+        assert venue.market is venues["binance"].market
+    assert len({venue.port for venue in venues.values()}) == len(venues)
     mids = []
     for venue in venues.values():
-        url, subscribe = subscribe_url(venue)
-        async with open_websocket_url(url) as ws:
-            await first_data(ws, subscribe)
+        async with open_websocket_url(data_url(venue)) as ws:
+            await first_data(ws, venue)
         book = venue.book("ETHBTC")
         assert book is not None
         mids.append((book.bids[0][0] + book.asks[0][0]) / 2)
-    assert abs(mids[0] - mids[1]) / mids[0] < 0.003
+    assert (max(mids) - min(mids)) / min(mids) < 0.003, mids
 
 
 async def test_run_simulators_rejects_unknown_venues() -> None:
