@@ -1,8 +1,11 @@
 """`serve --venues` with all six venues against their simulators: the merged book is the
-merge of what the six venues themselves hold, and stays so through continuity faults."""
+merge of what the six venues themselves hold, and is so again after continuity faults and
+after random chaos on all six."""
 
 from __future__ import annotations
 
+import random
+import re
 from collections.abc import AsyncIterator
 from functools import partial
 
@@ -11,7 +14,9 @@ import trio
 
 from aggtrio._proto.orderbook_pb2 import Summary
 from aggtrio.simulator import SIMULATORS, Market, SimulatedVenue
+from aggtrio.simulator.chaos import run_chaos
 from aggtrio.simulator.delta import DeltaVenue
+from aggtrio.simulator.faults import break_sequence
 
 from .harness import (
     Level,
@@ -134,3 +139,43 @@ async def test_each_continuity_fault_resyncs_once_and_the_book_is_right_again(
             assert all(f"{name}: resyncing " in line for line in resyncs), resyncs
     await assert_merged_book_matches_the_venues(six_server, six_simulators)
     assert six_server.problems() == []
+
+
+async def test_after_chaos_on_all_six_venues_the_book_is_right_again(
+    nursery: trio.Nursery, six_simulators: dict[str, SimulatedVenue]
+) -> None:
+    """Random faults on all six venues for a few seconds (outages, drops, closes, stalls,
+    mutes, unanswered heartbeats, rejected subscriptions, garbage, malformed and huge
+    messages, reconnect notices where a venue has them, broken sequences on the delta
+    venues); once healed, every venue is back and the merged book is theirs again."""
+    # A short liveness timeout, as in the soak test: a connection whose subscription was
+    # rejected stays open and quiet, and only going stale gets it replaced.
+    args = ["--symbols", ",".join(SYMBOLS), "--venues", ",".join(ALL_VENUES)]
+    args += ["--liveness-timeout", "2", *venue_url_args(six_simulators)]
+    server = await start_server(nursery, args)
+    with trio.fail_after(15):
+        for venue in ALL_VENUES:
+            await server.wait_for_line(f"{venue}: live")
+    async with trio.open_nursery() as chaos:
+        run = partial(
+            run_chaos, six_simulators, random.Random(6), 0.2, heal_after=(0.3, 1.0), count=24
+        )
+        injections = await chaos.start(run)
+        # Chaos breaks a delta venue's sequence only now and then: break each one's once
+        # mid-run, whatever else is going on.
+        await trio.sleep(1.5)
+        for sim in six_simulators.values():
+            if isinstance(sim, DeltaVenue):
+                await break_sequence(sim)
+    # run_chaos healed all it injected; make sure of the rest, as the soak test does.
+    for sim in six_simulators.values():
+        sim.reset_faults()
+    for symbol in SYMBOLS:
+        await first_summary(
+            server.port, symbol, lambda s: set(s.live_exchanges) == set(ALL_VENUES), 12
+        )
+    await assert_merged_book_matches_the_venues(server, six_simulators)
+    await server.stop_and_check()
+    # The run meant something: most venues were hit, with many kinds of fault.
+    assert len({i.venue for i in injections}) >= 5, injections
+    assert len({re.split("[:=]", i.fault)[0] for i in injections}) >= 6, injections
