@@ -178,7 +178,7 @@ def test_a_bad_flag_or_variable_is_named(
         ("[serve]\nport = true\n", "aggtrio.toml: [serve] port: expected an integer, not a b"),
         ("[serve]\nsymbols = [1]\n", "aggtrio.toml: [serve] symbols: expected an array of str"),
         ("[serve]\nvenue_urls = 'x'\n", "aggtrio.toml: [serve] venue_urls: expected a table"),
-        ("[serve]\nvenue_urls = {kraken='ws://x'}\n", "aggtrio.toml: [serve] venue_urls: unkn"),
+        ("[serve]\nvenue_urls = {kucoin='ws://x'}\n", "aggtrio.toml: [serve] venue_urls: unkn"),
         ("[watch]\ntls = 'yes'\n", "aggtrio.toml: [watch] tls: expected true or false"),
         ("[watch]\nserver = 'nope'\n", "aggtrio.toml: [watch] server: server address 'nope'"),
         (
