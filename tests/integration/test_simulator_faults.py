@@ -131,7 +131,11 @@ def venue(request: pytest.FixtureRequest) -> SimulatedVenue:
 
 
 # Venues that send whole books: each data message can be checked as a book on its own.
-WHOLE_BOOK_VENUES = ("binance", "bitstamp")
+WHOLE_BOOK_VENUES = tuple(
+    name
+    for name, cls in SIMULATORS.items()
+    if not (isinstance(cls, type) and issubclass(cls, DeltaVenue))
+)
 
 
 @pytest.fixture(params=WHOLE_BOOK_VENUES)
@@ -467,7 +471,8 @@ async def test_stall_sends_and_answers_nothing_but_keeps_the_socket(
         venue.unstall()
         # Everything held back flows again on the same socket: the ack, the pong, data.
         await recv_where(ws, is_ack)
-        assert venue.subscribe_requests == requests + sent
+        # Every request is read (Coinbase acks the first before it reads the second).
+        await wait_for(lambda: venue.subscribe_requests == requests + sent)
         assert await pong_within(ws, TIMEOUT)
         await recv_data(ws)
 
