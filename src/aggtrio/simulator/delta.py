@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import logging
+import math
 from typing import ClassVar
 
 import attrs
@@ -131,7 +132,15 @@ class DeltaSession(Session):
     ) -> str:
         """The wire text of one delta (`rendered` is the book after it)."""
 
+    def keepalive_message(self, channel: Channel) -> str | None:
+        """What a subscription gets after :attr:`DeltaVenue.keepalive_interval` seconds
+        without a change (OKX: an update with no levels); None: nothing."""
+        return None
+
     async def _channel_loop(self, client: Client, channel: Channel) -> None:
+        """Snapshot, then a delta on every change, or on the venue's beat
+        (:attr:`DeltaVenue.push_interval`) with all of a beat's changes; a keep-alive after
+        :attr:`DeltaVenue.keepalive_interval` without any, where the venue sends one."""
         venue = self.venue
         state = venue.symbol_state(channel.symbol)
         await venue.wait_unmuted()
@@ -141,13 +150,28 @@ class DeltaSession(Session):
         if not await client.send_data(channel, rendered, self.snapshot_message(channel, rendered)):
             return
         last_version = rendered.version
+        pushed_at = next_push = trio.current_time()
+        quiet_for = venue.keepalive_interval or math.inf
         held: str | None = None  # a delta kept back by a "reorder" fault
         while True:
             # Conflates: a slow client gets one delta to the newest book, never a backlog.
             changed = state.changed
             if state.version == last_version:
-                await changed.wait()
+                with trio.move_on_at(pushed_at + quiet_for):
+                    await changed.wait()
+                if state.version == last_version:
+                    keepalive = self.keepalive_message(channel)
+                    if keepalive is not None and not await client.send_data(
+                        channel, rendered, keepalive
+                    ):
+                        return
+                    pushed_at = trio.current_time()
                 continue
+            if venue.push_interval is not None:
+                now = trio.current_time()
+                while next_push <= now:
+                    next_push += venue.push_interval
+                await trio.sleep_until(next_push)
             # Muted, the deltas accumulate into the one that goes out on unmute.
             await venue.wait_unmuted()
             rendered = venue.render(state, channel.depth)
@@ -155,6 +179,7 @@ class DeltaSession(Session):
             changes = diff.changes(rendered)
             if not changes:
                 continue
+            pushed_at = trio.current_time()
             fault = self.pending_faults.pop(channel.symbol, None)
             message = self.update_message(
                 channel, changes, rendered, bad_checksum=fault == "bad-checksum"
@@ -218,6 +243,9 @@ class DeltaVenue(SimulatedVenue):
     # Seconds between one subscription's pushes, each carrying all the changes since the
     # last (OKX: 0.1); None: a delta goes out on every change, as the shared loop does.
     push_interval: float | None = None
+    # Seconds without a change after which a subscription gets the session's
+    # keepalive_message (OKX: ~60); None: the venue sends nothing while a book is quiet.
+    keepalive_interval: float | None = None
     # Which of SEQUENCE_FAULTS this venue can show (bad-checksum needs checksums).
     supported_faults: ClassVar[tuple[str, ...]] = ("gap", "duplicate", "reorder")
     # Subscriptions spoiled by inject(), all kinds (a counter for tests, like the base's).

@@ -41,7 +41,7 @@ from typing import Any, ClassVar
 import orjson
 import trio
 
-from aggtrio.simulator.delta import BookDiff, DeltaSession, DeltaVenue, LevelChanges
+from aggtrio.simulator.delta import DeltaSession, DeltaVenue, LevelChanges
 from aggtrio.simulator.market import Market
 from aggtrio.simulator.venue import Channel, Client, Rendered, Session, TextLevels
 from aggtrio.symbols import InvalidSymbolError, normalize_symbol, venue_pair
@@ -283,61 +283,6 @@ class OkxSession(DeltaSession):
             else:
                 del body[side]
         return message
-
-    async def _channel_loop(self, client: Client, channel: Channel) -> None:
-        """Snapshot, then the changes of each ``push_interval``, or a keep-alive after
-        ``keepalive_interval`` without any (the shared loop sends on every change)."""
-        venue = self.venue
-        state = venue.symbol_state(channel.symbol)
-        await venue.wait_unmuted()
-        rendered = venue.render(state, channel.depth)
-        diff = BookDiff()
-        diff.snapshot(rendered)
-        if not await client.send_data(channel, rendered, self.snapshot_message(channel, rendered)):
-            return
-        last_version = rendered.version
-        pushed_at = next_push = trio.current_time()
-        held: str | None = None  # a delta kept back by a "reorder" fault
-        while True:
-            if state.version == last_version:
-                with trio.move_on_at(pushed_at + venue.keepalive_interval):
-                    await state.changed.wait()
-                if state.version == last_version:
-                    sent = await client.send_data(
-                        channel, rendered, self.keepalive_message(channel)
-                    )
-                    if not sent:
-                        return
-                    pushed_at = trio.current_time()
-                    continue
-            # Changes are pushed on the channel's 100 ms beat, all of a beat's in one update.
-            now = trio.current_time()
-            while next_push <= now:
-                next_push += venue.push_interval
-            await trio.sleep_until(next_push)
-            # Muted, the changes accumulate into the one update that goes out on unmute.
-            await venue.wait_unmuted()
-            rendered = venue.render(state, channel.depth)
-            last_version = rendered.version
-            changes = diff.changes(rendered)
-            if not changes:
-                continue
-            pushed_at = trio.current_time()
-            fault = self.pending_faults.pop(channel.symbol, None)
-            message = self.update_message(channel, changes, rendered, bad_checksum=False)
-            if fault in ("gap", "reorder"):
-                venue.note_sent(channel.symbol, rendered)  # the venue's book moved on
-                if fault == "reorder":
-                    held = message
-                continue
-            sent = await client.send_data(channel, rendered, message)
-            if sent and fault == "duplicate":
-                sent = await client.send_data(channel, rendered, message)
-            if sent and held is not None:
-                sent = await client.send_data(channel, rendered, held)
-                held = None
-            if not sent:
-                return
 
 
 class OkxSimulator(DeltaVenue):
