@@ -14,7 +14,11 @@ nox.options.reuse_existing_virtualenvs = True
 def tests(session: nox.Session) -> None:
     """Unit, property and integration tests (real sockets, simulated venues)."""
     session.install("-e", ".[test]")
-    session.run("pytest", *session.posargs)
+    # One test file per worker process: most tests wait on sockets and timers, not the CPU,
+    # so two workers halve the wall time even on two cores (pass -n 0 to run serially).
+    session.run(
+        "pytest", "--numprocesses=auto", "--maxprocesses=4", "--dist=loadfile", *session.posargs
+    )
 
 
 @nox.session
