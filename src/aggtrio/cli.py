@@ -76,8 +76,6 @@ def workers_from_args(args: argparse.Namespace) -> int:
     return workers
 
 
-# Options in the table whose feature lands with branch ops-observe (metrics, health, TLS).
-# Until then a value for one is refused rather than silently ignored.
 def _add_serve_flags(parser: argparse.ArgumentParser) -> None:
     settings.add_flags(parser, settings.SERVE_OPTIONS)
     settings.add_config_flag(parser)
