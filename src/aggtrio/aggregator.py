@@ -203,7 +203,6 @@ class Aggregator:
         self.depth = depth
         self._books = {symbol: _SymbolBook() for symbol in symbols}
         self._broadcasts = broadcasts
-        self.summaries_published = 0
         self._encoder = SummaryEncoder()
         # Whether every symbol has at least one live venue (the gRPC health status); the
         # value changes only when a venue joins or leaves a symbol's book.
@@ -212,6 +211,11 @@ class Aggregator:
 
     def live_venues(self, symbol: str) -> tuple[str, ...]:
         return self._books[symbol].live
+
+    @property
+    def summaries_published(self) -> int:
+        """Summaries published over all symbols."""
+        return sum(book.published_count for book in self._books.values())
 
     def published_count(self, symbol: str) -> int:
         """Summaries published for `symbol` (changes only, not the quiet-symbol resends)."""
@@ -258,7 +262,6 @@ class Aggregator:
         self._broadcasts[symbol].publish(
             PublishedSummary(symbol, bids, asks, spread_value, arrival, live, payload)
         )
-        self.summaries_published += 1
         book.published_count += 1
         book.latency.observe_ns(time.time_ns() - arrival)
 
