@@ -84,6 +84,13 @@ def check_shareable(config: ServeConfig, count: int) -> None:
             f"--metrics-port {config.metrics_port} leaves no room for {count} workers "
             "(worker i serves its metrics on that port + i - 1)"
         )
+    # ServeConfig refuses metrics_port == port, which covers worker 1 alone.
+    if config.metrics_port is not None and 0 <= config.port - config.metrics_port < count:
+        raise ConfigError(
+            f"the gRPC port {config.port} is among the {count} workers' metrics ports "
+            f"{config.metrics_port}-{config.metrics_port + count - 1}; give --metrics-port "
+            "another"
+        )
 
 
 def worker_metrics_port(config: ServeConfig, index: int) -> int | None:

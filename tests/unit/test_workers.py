@@ -114,6 +114,11 @@ def test_each_worker_serves_metrics_on_its_own_port() -> None:
     with pytest.raises(ConfigError, match="no room for 3 workers"):
         check_shareable(ServeConfig(port=50051, metrics_port=65534), 3)
     check_shareable(ServeConfig(port=50051, metrics_port=65534), 2)
+    # Worker 2's metrics port would be the gRPC port.
+    with pytest.raises(ConfigError, match="among the 2 workers' metrics ports 50050-50051"):
+        check_shareable(ServeConfig(port=50051, metrics_port=50050), 2)
+    check_shareable(ServeConfig(port=50051, metrics_port=50049), 2)
+    check_shareable(ServeConfig(port=50051, metrics_port=50052), 2)
 
 
 # Every field but reuse_port, which a worker sets for itself, set to something not default.
