@@ -120,7 +120,6 @@ async def run_service(
                     service=service,
                     health=health,
                     tls_failures=tls_failures,
-                    max_streams=config.max_subscribers,
                 )
             )
             metrics_port = await nursery.start(

@@ -53,7 +53,6 @@ class ServiceCollector(Collector):
         service: OrderbookService,
         health: HealthService,
         tls_failures: HandshakeFailures | None,
-        max_streams: int,
     ) -> None:
         self._feeds = feeds
         self._aggregator = aggregator
@@ -61,7 +60,6 @@ class ServiceCollector(Collector):
         self._service = service
         self._health = health
         self._tls_failures = tls_failures
-        self._max_streams = max_streams
 
     def collect(self) -> Iterator[Metric]:
         yield from self._venue_metrics()
@@ -72,7 +70,7 @@ class ServiceCollector(Collector):
         yield GaugeMetricFamily(
             "aggtrio_max_streams",
             "Client summary streams served at once before RESOURCE_EXHAUSTED.",
-            self._max_streams,
+            self._service.max_streams,
         )
         yield GaugeMetricFamily(
             "aggtrio_health_watches",

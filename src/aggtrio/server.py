@@ -114,6 +114,10 @@ class OrderbookService(OrderbookAggregatorServicer):
         """Client streams running now (a slot is taken until the handler has ended)."""
         return self._open_streams
 
+    @property
+    def max_streams(self) -> int:
+        return self._max_streams
+
     # The generated base declares coroutines; purerpc streams whatever async generator we return.
     async def BookSummary(  # type: ignore[override]
         self, message: Empty

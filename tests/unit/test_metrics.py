@@ -50,7 +50,6 @@ def make_collector() -> tuple[ServiceCollector, Aggregator, list[Feed], Handshak
         service=OrderbookService(broadcasts, "ETHBTC", max_streams=5),
         health=HealthService(aggregator.all_symbols_live),
         tls_failures=failures,
-        max_streams=5,
     )
     return collector, aggregator, feeds, failures
 
