@@ -69,6 +69,7 @@ def test_the_collector_reads_the_pipeline_at_scrape_time() -> None:
     collector, aggregator, feeds, failures = make_collector()
     before = samples(collector)
     assert before[("aggtrio_serving", ())] == 0
+    assert before[("aggtrio_max_streams", ())] == 5
     assert before[("aggtrio_venue_state", (("state", "connecting"), ("venue", "binance")))] == 1
     # No message yet: no age rather than a made-up one.
     assert not any(name == "aggtrio_venue_last_message_age_seconds" for name, _ in before)
