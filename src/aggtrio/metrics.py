@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 MAX_REQUEST_BYTES = 16 * 1024
 REQUEST_TIMEOUT = 10.0
 METRICS_PATHS = ("/metrics", "/")
+# The latency histogram's bucket labels ("le"), the last one for the overflow bucket.
+_BUCKET_LABELS = (*(repr(bound) for bound in LATENCY_BUCKETS), "+Inf")
 
 
 class ServiceCollector(Collector):
@@ -170,8 +172,7 @@ class ServiceCollector(Collector):
             histogram = self._aggregator.latency(symbol)
             buckets: list[tuple[str, float]] = []
             cumulative = 0
-            bounds = [repr(bound) for bound in LATENCY_BUCKETS] + ["+Inf"]
-            for bound, count in zip(bounds, histogram.counts, strict=True):
+            for bound, count in zip(_BUCKET_LABELS, histogram.counts, strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
             latency.add_metric([symbol], buckets, histogram.sum_ns / 1e9)
