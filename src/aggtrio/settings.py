@@ -492,12 +492,10 @@ def parse_config_file(name: str, text: str) -> ConfigFile:
     return ConfigFile(name, sections)
 
 
-def load_config_file(
-    flag_value: str | None, environ: Mapping[str, str], flag: str = "--config"
-) -> ConfigFile | None:
+def load_config_file(flag_value: str | None, environ: Mapping[str, str]) -> ConfigFile | None:
     """The file named by `--config` or else AGGTRIO_CONFIG, parsed; None if neither is set."""
     if flag_value is not None:
-        source, name = flag, flag_value
+        source, name = "--config", flag_value
     elif environ.get(CONFIG_ENV):
         source, name = CONFIG_ENV, environ[CONFIG_ENV]
     else:
