@@ -110,5 +110,18 @@ class DeltaBook:
         self.bids.clear()
         self.asks.clear()
 
+    def apply(self, bids: Iterable[PriceLevel], asks: Iterable[PriceLevel]) -> None:
+        """Apply one message's level changes, in order (an amount of 0 deletes)."""
+        set_bid, set_ask = self.bids.set, self.asks.set
+        for price, amount in bids:
+            set_bid(price, amount)
+        for price, amount in asks:
+            set_ask(price, amount)
+
+    def truncate(self, depth: int) -> None:
+        """Keep only the best `depth` levels of each side."""
+        self.bids.truncate(depth)
+        self.asks.truncate(depth)
+
     def top(self, depth: int) -> tuple[Side, Side]:
         return self.bids.top(depth), self.asks.top(depth)

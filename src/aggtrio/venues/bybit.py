@@ -165,18 +165,10 @@ class BybitAdapter(VenueAdapter):
         if update != expected:
             what = "gap" if update > expected else "duplicate or out-of-order delta"
             return self._books.break_(symbol, f"{what}: u={update}, expected {expected}")
-        bids, asks = book.bids, book.asks
-        for price, amount in bid_changes:
-            bids.set(price, amount)
-        for price, amount in ask_changes:
-            asks.set(price, amount)
+        book.apply(bid_changes, ask_changes)
         # Bybit deletes levels that leave the subscribed depth; trimming costs nothing if it
         # did, and keeps stale deep levels out of the book if it did not.
-        levels = self.topic_levels
-        if len(bids) > levels:
-            bids.truncate(levels)
-        if len(asks) > levels:
-            asks.truncate(levels)
+        book.truncate(self.topic_levels)
         self._last_update[symbol] = update
         return self._books.publish(symbol, recv_ns)
 

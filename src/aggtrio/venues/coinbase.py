@@ -172,11 +172,7 @@ class CoinbaseAdapter(VenueAdapter):
                 book = books.book(symbol)
                 if book is None:
                     continue  # awaiting a snapshot: deltas mean nothing yet
-                set_bid, set_ask = book.bids.set, book.asks.set
-                for price, amount in bids:
-                    set_bid(price, amount)
-                for price, amount in asks:
-                    set_ask(price, amount)
+                book.apply(bids, asks)
             if symbol not in touched:
                 touched.append(symbol)
         published: list[AdapterEvent] = []

@@ -28,7 +28,6 @@ from typing import Any, ClassVar
 
 import orjson
 
-from aggtrio.book import DeltaBook
 from aggtrio.model import PriceLevel
 from aggtrio.symbols import venue_pair
 from aggtrio.venues.base import (
@@ -147,8 +146,7 @@ class OkxAdapter(VenueAdapter):
     def _snapshot(self, symbol: str, data: list[Any], recv_ns: int) -> list[AdapterEvent]:
         bids, asks, seq = self._checked_snapshot(data)
         self._awaiting_ack.discard(symbol)
-        book = self._books.snapshot(symbol, bids, asks)
-        self._truncate(book)
+        self._books.snapshot(symbol, bids, asks).truncate(BOOK_LEVELS)
         self._seq[symbol] = seq
         return self._published(symbol, recv_ns)
 
@@ -201,23 +199,12 @@ class OkxAdapter(VenueAdapter):
                 return self._books.break_(symbol, f"prevSeqId {prev} does not follow seqId {last}")
             # seq == prev is a keep-alive, seq < prev a reset after maintenance: both chain.
             last = seq
-            set_bid, set_ask = book.bids.set, book.asks.set
-            for price, amount in bids:
-                set_bid(price, amount)
-            for price, amount in asks:
-                set_ask(price, amount)
+            book.apply(bids, asks)
         self._seq[symbol] = last
-        self._truncate(book)
-        return self._published(symbol, recv_ns)
-
-    @staticmethod
-    def _truncate(book: DeltaBook) -> None:
         # OKX deletes levels that leave its 400-level window; if one is ever missed, it must
         # not linger (or grow the book) below the levels the venue still vouches for.
-        if len(book.bids) > BOOK_LEVELS:
-            book.bids.truncate(BOOK_LEVELS)
-        if len(book.asks) > BOOK_LEVELS:
-            book.asks.truncate(BOOK_LEVELS)
+        book.truncate(BOOK_LEVELS)
+        return self._published(symbol, recv_ns)
 
     def _levels(self, raw: object, side: str) -> list[PriceLevel]:
         """``[[px, sz, "0", orders], …]`` as (price, size) floats; a size of 0 deletes."""
