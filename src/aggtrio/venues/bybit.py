@@ -25,7 +25,6 @@ fresh snapshot after every successful subscribe.
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -37,14 +36,12 @@ from aggtrio.venues.base import (
     AdapterEvent,
     MalformedMessageError,
     Resync,
-    Side,
     Subscribed,
     VenueAdapter,
     VenueError,
-    check_book,
     load_json_object,
 )
-from aggtrio.venues.delta import DeltaBooks, NumberMemo
+from aggtrio.venues.delta import DeltaBooks, NumberMemo, check_snapshot
 
 PATH = "/v5/public/spot"
 # The book depths spot serves as snapshot-then-delta topics (level 1 is snapshot-only).
@@ -140,9 +137,10 @@ class BybitAdapter(VenueAdapter):
     def _snapshot(
         self, symbol: str, data: dict[str, Any], update: int, recv_ns: int
     ) -> list[AdapterEvent]:
-        bids = self._book_side(data.get("b"), "bids", descending=True)
-        asks = self._book_side(data.get("a"), "asks", descending=False)
-        check_book(bids, asks)  # a venue's snapshot is two-sided and uncrossed
+        levels = self.topic_levels
+        bids = self._levels(data.get("b"), "bids")[:levels]
+        asks = self._levels(data.get("a"), "asks")[:levels]
+        check_snapshot(bids, asks)
         self._books.snapshot(symbol, bids, asks)
         self._last_update[symbol] = update
         self._snapshot_due.discard(symbol)
@@ -171,18 +169,6 @@ class BybitAdapter(VenueAdapter):
         book.truncate(self.topic_levels)
         self._last_update[symbol] = update
         return self._books.publish(symbol, recv_ns)
-
-    def _book_side(self, raw: object, side: str, *, descending: bool) -> Side:
-        """A snapshot side: every amount positive, prices strictly best-first."""
-        levels = self._levels(raw, side)[: self.topic_levels]
-        previous = math.inf if descending else -math.inf
-        for price, amount in levels:
-            if amount == 0.0:
-                raise MalformedMessageError(f"{side} level at {price!r} has no amount")
-            if (price >= previous) if descending else (price <= previous):
-                raise MalformedMessageError(f"{side} prices are not strictly best-first")
-            previous = price
-        return tuple(levels)
 
     def _levels(self, raw: object, side: str) -> list[PriceLevel]:
         """A side's ``[price, amount]`` texts as floats: prices positive, amounts >= 0.

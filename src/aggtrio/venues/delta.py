@@ -10,13 +10,14 @@ hands snapshots and level changes to :class:`DeltaBooks`, which keeps each symbo
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from aggtrio.book import DeltaBook
 from aggtrio.model import PriceLevel, VenueBook
-from aggtrio.venues.base import AdapterEvent, MalformedMessageError, Resync, Side
+from aggtrio.venues.base import AdapterEvent, CrossedBookError, MalformedMessageError, Resync, Side
 
 
 def level_number(text: object, what: str, *, zero_ok: bool) -> float:
@@ -34,6 +35,24 @@ def level_number(text: object, what: str, *, zero_ok: bool) -> float:
     if not (0.0 <= value < math.inf if zero_ok else 0.0 < value < math.inf):
         raise MalformedMessageError(f"{what} {text!r:.40} is out of range")
     return value
+
+
+def check_snapshot(bids: Sequence[tuple[Any, ...]], asks: Sequence[tuple[Any, ...]]) -> None:
+    """A snapshot replaces the book, so it must be one the merge can trust: both sides, no
+    level with amount 0, prices strictly best-first, not crossed. Levels are (price,
+    amount, …) tuples."""
+    if not bids or not asks:
+        raise MalformedMessageError("snapshot has no bids or no asks")
+    if any(level[1] == 0.0 for level in itertools.chain(bids, asks)):
+        raise MalformedMessageError("snapshot has a level with amount 0")
+    if not all(a[0] > b[0] for a, b in itertools.pairwise(bids)):
+        raise MalformedMessageError("snapshot bids are not strictly best-first")
+    if not all(a[0] < b[0] for a, b in itertools.pairwise(asks)):
+        raise MalformedMessageError("snapshot asks are not strictly best-first")
+    if bids[0][0] >= asks[0][0]:
+        raise CrossedBookError(
+            f"snapshot is crossed: best bid {bids[0][0]!r} >= best ask {asks[0][0]!r}"
+        )
 
 
 # Number texts a NumberMemo remembers before it starts afresh (as LEVEL_MEMO_LIMIT).

@@ -43,13 +43,12 @@ from aggtrio.book import BookSide, DeltaBook
 from aggtrio.symbols import venue_pair
 from aggtrio.venues.base import (
     AdapterEvent,
-    CrossedBookError,
     MalformedMessageError,
     Subscribed,
     VenueAdapter,
     VenueError,
 )
-from aggtrio.venues.delta import DeltaBooks
+from aggtrio.venues.delta import DeltaBooks, check_snapshot
 
 # The depths Kraken's book channel offers, and the levels per side its checksum covers.
 SUBSCRIPTION_DEPTHS = (10, 25, 100, 500, 1000)
@@ -134,22 +133,6 @@ def _levels(raw: object, side: str) -> list[Level]:
         qty, qty_text = _number(entry.get("qty"), f"{side} qty", zero_ok=True)
         levels.append((price, qty, price_text, qty_text))
     return levels
-
-
-def _check_snapshot(bids: list[Level], asks: list[Level]) -> None:
-    """A snapshot is a whole book: both sides, strictly best-first, not crossed, no zeros."""
-    if not bids or not asks:
-        raise MalformedMessageError("snapshot has no bids or no asks")
-    if any(level[1] == 0.0 for level in itertools.chain(bids, asks)):
-        raise MalformedMessageError("snapshot has a level with qty 0")
-    if not all(a[0] > b[0] for a, b in itertools.pairwise(bids)):
-        raise MalformedMessageError("snapshot bids are not strictly best-first")
-    if not all(a[0] < b[0] for a, b in itertools.pairwise(asks)):
-        raise MalformedMessageError("snapshot asks are not strictly best-first")
-    if bids[0][0] >= asks[0][0]:
-        raise CrossedBookError(
-            f"snapshot is crossed: best bid {bids[0][0]!r} >= best ask {asks[0][0]!r}"
-        )
 
 
 class _SymbolTexts:
@@ -400,7 +383,7 @@ class KrakenAdapter(VenueAdapter):
         if type(checksum) is not _Number or not checksum.isdigit() or int(checksum) >= _CRC_RANGE:
             raise MalformedMessageError(f"checksum {checksum!r:.40} is not a CRC32")
         if snapshot:
-            _check_snapshot(bids, asks)
+            check_snapshot(bids, asks)
         return symbol, bids, asks, int(checksum)
 
     def _snapshot(

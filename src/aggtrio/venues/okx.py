@@ -22,7 +22,6 @@ Wire facts (OKX API v5 docs, "WS / Order book channel", "Connect", "Notification
 from __future__ import annotations
 
 import math
-import operator
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -38,10 +37,9 @@ from aggtrio.venues.base import (
     Subscribed,
     VenueAdapter,
     VenueError,
-    check_book,
     load_json_object,
 )
-from aggtrio.venues.delta import DeltaBooks, NumberMemo
+from aggtrio.venues.delta import DeltaBooks, NumberMemo, check_snapshot
 
 CHANNEL = "books"
 PATH = "/ws/v5/public"
@@ -163,11 +161,7 @@ class OkxAdapter(VenueAdapter):
         _prev, seq = _sequence(body)
         bids = self._levels(body.get("bids"), "bids")
         asks = self._levels(body.get("asks"), "asks")
-        _check_order(bids, descending=True, side="bids")
-        _check_order(asks, descending=False, side="asks")
-        if any(amount == 0.0 for _, amount in bids) or any(amount == 0.0 for _, amount in asks):
-            raise MalformedMessageError("a snapshot level has a size of 0")
-        check_book(tuple(bids[:1]), tuple(asks[:1]))
+        check_snapshot(bids, asks)
         return bids, asks, seq
 
     def _updates(self, symbol: str, data: list[Any], recv_ns: int) -> list[AdapterEvent]:
@@ -261,10 +255,3 @@ def _sequence(body: dict[str, Any]) -> tuple[int, int]:
     if seq < 0 or prev < -1:
         raise MalformedMessageError(f"prevSeqId {prev} / seqId {seq} are out of range")
     return prev, seq
-
-
-def _check_order(levels: list[PriceLevel], *, descending: bool, side: str) -> None:
-    prices = [price for price, _ in levels]
-    better = operator.gt if descending else operator.lt
-    if not all(map(better, prices, prices[1:])):
-        raise MalformedMessageError(f"{side} prices are not strictly best-first")
