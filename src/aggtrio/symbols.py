@@ -115,3 +115,15 @@ def venue_pair(venue: str, symbol: str) -> str:
         return spell(normalize_symbol(symbol))
     except UnknownPairError as exc:
         raise UnknownPairError(f"{venue}: {exc}") from None
+
+
+def parse_venue_pair(venue: str, pair: object) -> str | None:
+    """The canonical symbol of `pair` if it is spelled exactly as `venue` spells it (see
+    :func:`venue_pair`), else None."""
+    if not isinstance(pair, str):
+        return None
+    try:
+        symbol = normalize_symbol(pair)
+        return symbol if venue_pair(venue, symbol) == pair else None
+    except InvalidSymbolError:
+        return None

@@ -40,7 +40,7 @@ import trio
 from aggtrio.simulator.delta import DeltaSession, DeltaVenue, LevelChanges
 from aggtrio.simulator.market import Market, SymbolSpec
 from aggtrio.simulator.venue import Channel, Client, Rendered, Session, TextLevels
-from aggtrio.symbols import InvalidSymbolError, normalize_symbol
+from aggtrio.symbols import normalize_symbol, parse_venue_pair
 
 PATH = "/v5/public/spot"
 TOPIC_DEPTHS = (50, 200, 1000)
@@ -310,11 +310,8 @@ class BybitSimulator(DeltaVenue):
         return Channel(topic, symbol, min(int(match.group(1)), self.depth))
 
     def _listed_symbol(self, pair: str) -> str | None:
-        if pair != pair.upper():
-            return None  # Bybit symbols are upper case
-        try:
-            symbol = normalize_symbol(pair)
-        except InvalidSymbolError:
+        symbol = parse_venue_pair(self.name, pair)  # spelled as Bybit does ("ETHBTC")
+        if symbol is None:
             return None
         if self.listed is not None and symbol not in self.listed:
             return None

@@ -35,7 +35,7 @@ import trio
 from aggtrio.simulator.delta import DeltaSession, DeltaVenue, LevelChanges
 from aggtrio.simulator.market import Market
 from aggtrio.simulator.venue import Channel, Client, Rendered, Session
-from aggtrio.symbols import InvalidSymbolError, normalize_symbol, venue_pair
+from aggtrio.symbols import parse_venue_pair
 
 LEVEL2 = "level2"
 HEARTBEATS = "heartbeats"
@@ -283,11 +283,8 @@ class CoinbaseSimulator(DeltaVenue):
 
     def listed_symbol(self, product: str) -> str | None:
         """The canonical symbol of a product id this venue lists, None for anything else."""
-        try:
-            symbol = normalize_symbol(product)
-            if venue_pair(self.name, symbol) != product:
-                return None  # not spelled the way Coinbase spells it ("ETH-BTC")
-        except InvalidSymbolError:
+        symbol = parse_venue_pair(self.name, product)  # spelled as Coinbase does ("ETH-BTC")
+        if symbol is None:
             return None
         if self.products is not None and product not in self.products:
             return None

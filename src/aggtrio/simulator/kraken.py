@@ -45,7 +45,7 @@ import trio
 from aggtrio.simulator.delta import DELETED, DeltaSession, DeltaVenue, LevelChanges
 from aggtrio.simulator.market import Market
 from aggtrio.simulator.venue import Channel, Client, Rendered, Session, TextLevels
-from aggtrio.symbols import InvalidSymbolError, normalize_symbol, venue_pair
+from aggtrio.symbols import parse_venue_pair, venue_pair
 
 DEPTHS = (10, 25, 100, 500, 1000)
 CHECKSUM_LEVELS = 10
@@ -63,13 +63,7 @@ def kraken_pair(symbol: str) -> str:
 
 def parse_pair(pair: object) -> str | None:
     """The canonical symbol of a pair spelled as Kraken does (``ETH/BTC``), else None."""
-    if not isinstance(pair, str):
-        return None
-    try:
-        symbol = normalize_symbol(pair)
-        return symbol if kraken_pair(symbol) == pair else None
-    except InvalidSymbolError:
-        return None
+    return parse_venue_pair("kraken", pair)
 
 
 def _digits(text: str) -> str:

@@ -44,7 +44,7 @@ import trio
 from aggtrio.simulator.delta import DeltaSession, DeltaVenue, LevelChanges
 from aggtrio.simulator.market import Market
 from aggtrio.simulator.venue import Channel, Client, Rendered, Session, TextLevels
-from aggtrio.symbols import InvalidSymbolError, normalize_symbol, venue_pair
+from aggtrio.symbols import normalize_symbol, parse_venue_pair, venue_pair
 
 logger = logging.getLogger(__name__)
 
@@ -64,11 +64,7 @@ def inst_id(symbol: str) -> str:
 
 def parse_inst_id(text: str) -> str | None:
     """The canonical symbol of an OKX spot instId, None unless spelled exactly as OKX does."""
-    try:
-        symbol = normalize_symbol(text)
-        return symbol if inst_id(symbol) == text else None
-    except InvalidSymbolError:
-        return None
+    return parse_venue_pair("okx", text)
 
 
 def okx_number(text: str) -> str:
