@@ -38,7 +38,7 @@ import orjson
 import trio
 
 from aggtrio.simulator.delta import DeltaSession, DeltaVenue, LevelChanges
-from aggtrio.simulator.market import Market, SymbolSpec
+from aggtrio.simulator.market import Market, SymbolSpec, trim_zeros
 from aggtrio.simulator.venue import Channel, Client, Rendered, Session, TextLevels
 from aggtrio.symbols import normalize_symbol, parse_venue_pair
 
@@ -57,11 +57,6 @@ _REJECTED = "error:subscription rejected"
 def topic_name(symbol: str, depth: int = 50) -> str:
     """``topic_name("eth/btc") == "orderbook.50.ETHBTC"``."""
     return f"orderbook.{depth}.{normalize_symbol(symbol)}"
-
-
-def _strip_zeros(text: str) -> str:
-    """Bybit spot prints ``0.0354`` and ``12``, never ``0.035400`` or ``12.00``."""
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _dumps(message: object) -> str:
@@ -319,7 +314,7 @@ class BybitSimulator(DeltaVenue):
 
     def _format_levels(self, spec: SymbolSpec, levels: list[tuple[int, int]]) -> TextLevels:
         return tuple(
-            (_strip_zeros(price), _strip_zeros(qty))
+            (trim_zeros(price), trim_zeros(qty))
             for price, qty in super()._format_levels(spec, levels)
         )
 

@@ -43,7 +43,7 @@ import orjson
 import trio
 
 from aggtrio.simulator.delta import DELETED, DeltaSession, DeltaVenue, LevelChanges
-from aggtrio.simulator.market import Market
+from aggtrio.simulator.market import Market, trim_zeros
 from aggtrio.simulator.venue import Channel, Client, Rendered, Session, TextLevels
 from aggtrio.symbols import parse_venue_pair, venue_pair
 
@@ -79,10 +79,6 @@ def checksum(bids: TextLevels, asks: TextLevels) -> int:
         for price, qty in side[:CHECKSUM_LEVELS]
     )
     return zlib.crc32(text.encode())
-
-
-def _trimmed(text: str) -> str:
-    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _now() -> str:
@@ -189,7 +185,7 @@ class KrakenSession(DeltaSession):
     # -- messages out ----------------------------------------------------------------------
 
     def _text(self, text: str) -> str:
-        return _trimmed(text) if self.venue.trim_zeros else text
+        return trim_zeros(text) if self.venue.trim_zeros else text
 
     def _side(self, levels: TextLevels) -> str:
         text = self._text

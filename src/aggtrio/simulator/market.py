@@ -108,6 +108,14 @@ def format_units(units: int, decimals: int) -> str:
     return f"{text[:-decimals]}.{text[-decimals:]}"
 
 
+def trim_zeros(text: str) -> str:
+    """A decimal without trailing zeros, as Kraken, OKX and Bybit print theirs:
+    ``"0.03500000"`` -> ``"0.035"``, ``"8477.00"`` -> ``"8477"``."""
+    if "." not in text or "e" in text or "E" in text:
+        return text
+    return text.rstrip("0").rstrip(".")
+
+
 _BIAS_SPREAD = 0.45  # stationary std of a venue's quoting bias, in level spacings
 
 

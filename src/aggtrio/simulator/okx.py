@@ -42,7 +42,7 @@ import orjson
 import trio
 
 from aggtrio.simulator.delta import DeltaSession, DeltaVenue, LevelChanges
-from aggtrio.simulator.market import Market
+from aggtrio.simulator.market import Market, trim_zeros
 from aggtrio.simulator.venue import Channel, Client, Rendered, Session, TextLevels
 from aggtrio.symbols import normalize_symbol, parse_venue_pair, venue_pair
 
@@ -67,13 +67,6 @@ def parse_inst_id(text: str) -> str | None:
     return parse_venue_pair("okx", text)
 
 
-def okx_number(text: str) -> str:
-    """A decimal as OKX prints it: ``"0.03500000"`` -> ``"0.035"``, ``"8477.00"`` -> ``"8477"``."""
-    if "." not in text or "e" in text or "E" in text:
-        return text
-    return text.rstrip("0").rstrip(".")
-
-
 def _orders(price: str, size: str) -> str:
     # The number of orders at a level is not modelled; a stable, plausible count.
     return str(zlib.crc32(f"{price}:{size}".encode()) % 12 + 1)
@@ -83,9 +76,9 @@ def _wire_levels(levels: TextLevels) -> list[WireLevel]:
     wired: list[WireLevel] = []
     for price, size in levels:
         if size == "0":
-            wired.append([okx_number(price), "0", "0", "0"])
+            wired.append([trim_zeros(price), "0", "0", "0"])
         else:
-            wired.append([okx_number(price), okx_number(size), "0", _orders(price, size)])
+            wired.append([trim_zeros(price), trim_zeros(size), "0", _orders(price, size)])
     return wired
 
 
