@@ -65,10 +65,11 @@ class OkxAdapter(VenueAdapter):
         self._books = DeltaBooks(self.name, depth)
         # The seqId of the last message applied, per synced symbol.
         self._seq: dict[str, int] = {}
-        # Symbols (re)subscribed but not yet acked: deltas of theirs still in flight belong to
-        # the old subscription and are dropped. Once acked, the snapshot comes next; a delta
-        # instead means the snapshot was lost (or malformed) and none will come on its own.
-        self._awaiting_ack: set[str] = set(self.symbols)
+        # Symbols whose subscribe was acked and whose snapshot has not come yet: the next
+        # book message must be that snapshot; a delta instead means the snapshot was lost (or
+        # malformed) and none will come on its own. Deltas of a symbol neither synced nor due
+        # (still in flight from the old subscription, before the ack) are dropped.
+        self._snapshot_due: set[str] = set()
         self._numbers = NumberMemo()
 
     # -- what to send ------------------------------------------------------------------
@@ -126,7 +127,8 @@ class OkxAdapter(VenueAdapter):
             symbol = self._symbol_of(envelope.get("arg"))
             if symbol is None:
                 return []
-            self._awaiting_ack.discard(symbol)
+            if not self._books.synced(symbol):
+                self._snapshot_due.add(symbol)
             return [Subscribed(symbol)]
         if event == "unsubscribe":
             return []
@@ -143,16 +145,10 @@ class OkxAdapter(VenueAdapter):
 
     def _snapshot(self, symbol: str, data: list[Any], recv_ns: int) -> list[AdapterEvent]:
         bids, asks, seq = self._checked_snapshot(data)
-        self._awaiting_ack.discard(symbol)
+        self._snapshot_due.discard(symbol)
         self._books.snapshot(symbol, bids, asks).truncate(BOOK_LEVELS)
         self._seq[symbol] = seq
-        return self._published(symbol, recv_ns)
-
-    def _published(self, symbol: str, recv_ns: int) -> list[AdapterEvent]:
-        events = self._books.publish(symbol, recv_ns)
-        if events and type(events[0]) is Resync:  # the book crossed or lost a side
-            self._awaiting_ack.add(symbol)
-        return events
+        return self._books.publish(symbol, recv_ns)
 
     def _checked_snapshot(self, data: list[Any]) -> tuple[list[PriceLevel], list[PriceLevel], int]:
         if len(data) != 1:
@@ -180,16 +176,15 @@ class OkxAdapter(VenueAdapter):
             )
         book = self._books.book(symbol)
         if book is None:
-            if symbol in self._awaiting_ack:
+            if symbol not in self._snapshot_due:
                 return []  # deltas of the old subscription: moot
-            self._awaiting_ack.add(symbol)
+            self._snapshot_due.discard(symbol)
             return [Resync(symbol, "an update came where the snapshot should have")]
         last = self._seq[symbol]
         for prev, seq, bids, asks in updates:
             if prev != last:
                 # A gap, a repeated or a reordered update: the book missed something.
                 del self._seq[symbol]
-                self._awaiting_ack.add(symbol)
                 return self._books.break_(symbol, f"prevSeqId {prev} does not follow seqId {last}")
             # seq == prev is a keep-alive, seq < prev a reset after maintenance: both chain.
             last = seq
@@ -198,7 +193,7 @@ class OkxAdapter(VenueAdapter):
         # OKX deletes levels that leave its 400-level window; if one is ever missed, it must
         # not linger (or grow the book) below the levels the venue still vouches for.
         book.truncate(BOOK_LEVELS)
-        return self._published(symbol, recv_ns)
+        return self._books.publish(symbol, recv_ns)
 
     def _levels(self, raw: object, side: str) -> list[PriceLevel]:
         """``[[px, sz, "0", orders], …]`` as (price, size) floats; a size of 0 deletes."""
