@@ -79,21 +79,12 @@ class BookSide:
                 self._top = None
 
     def top(self, depth: int) -> Side:
-        """The best `depth` levels as (price, amount), best first.
-
-        A shallower read is cut from the cached top, so a caller that reads two depths
-        after every change (Kraken: its checksum's 10 and the published depth) builds one.
-        """
+        """The best `depth` levels as (price, amount), best first."""
         top = self._top
-        if top is not None:
-            top_depth = self._top_depth
-            if top_depth == depth:
-                return top
-            if top_depth > depth:
-                return top[:depth]
-        sign, amounts = self._sign, self._amounts
-        top = tuple([(key * sign, amounts[key * sign]) for key in self._keys[:depth]])
-        self._top, self._top_depth = top, depth
+        if top is None or self._top_depth != depth:
+            sign, amounts = self._sign, self._amounts
+            top = tuple([(key * sign, amounts[key * sign]) for key in self._keys[:depth]])
+            self._top, self._top_depth = top, depth
         return top
 
     def prices(self) -> list[float]:
