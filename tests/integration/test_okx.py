@@ -369,7 +369,9 @@ async def test_unanswered_pings_on_a_quiet_book_mean_a_stale_connection(
     venue.freeze()
     venue.ignore_heartbeats()
     with trio.fail_after(TIMEOUT):
-        await wait_until(lambda: feed.stats.stalls == 1)
+        # At least: the replacement connection goes stale too, and on a busy machine it may
+        # do so before this check runs again.
+        await wait_until(lambda: feed.stats.stalls >= 1)
     down = [event for event in watcher.history if isinstance(event, VenueDown)]
     assert down
     assert "stale" in down[0].reason
