@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from aggtrio.model import VenueBook
-from aggtrio.venues.base import MalformedMessageError, Resync
-from aggtrio.venues.delta import DeltaBooks, NumberMemo, level_number
+from aggtrio.venues.base import Resync
+from aggtrio.venues.delta import DeltaBooks, NumberMemo
 
 BIDS = [(0.0501, 1.0), (0.0500, 2.0), (0.0499, 3.0)]
 ASKS = [(0.0502, 1.5), (0.0503, 2.5), (0.0504, 3.5)]
@@ -76,35 +76,6 @@ def test_a_book_that_lost_a_side_or_crossed_is_a_break_not_a_market(
     assert isinstance(event, Resync)
     assert reason in event.reason
     assert not books.synced("ETHBTC")
-
-
-@pytest.mark.parametrize(
-    ("text", "zero_ok", "value"),
-    [("0.0501", False, 0.0501), (12, False, 12.0), (0.5, False, 0.5), ("0", True, 0.0)],
-)
-def test_level_number_accepts_positive_numbers_and_zero_where_it_deletes(
-    text: object, zero_ok: bool, value: float
-) -> None:
-    assert level_number(text, "price", zero_ok=zero_ok) == value
-
-
-@pytest.mark.parametrize(
-    ("text", "zero_ok", "reason"),
-    [
-        ("abc", True, "is not numeric"),
-        (None, True, "is not a number"),
-        (True, True, "is not a number"),
-        ("0", False, "is out of range"),
-        ("-1", True, "is out of range"),
-        ("nan", True, "is out of range"),
-        ("inf", True, "is out of range"),
-    ],
-)
-def test_level_number_refuses_anything_else_saying_why(
-    text: object, zero_ok: bool, reason: str
-) -> None:
-    with pytest.raises(MalformedMessageError, match=reason):
-        level_number(text, "amount", zero_ok=zero_ok)
 
 
 def test_number_memo_converts_each_text_once_and_refuses_what_is_not_a_level_number() -> None:

@@ -20,23 +20,6 @@ from aggtrio.model import PriceLevel, VenueBook
 from aggtrio.venues.base import AdapterEvent, CrossedBookError, MalformedMessageError, Resync, Side
 
 
-def level_number(text: object, what: str, *, zero_ok: bool) -> float:
-    """A price or amount from a delta: a finite number, positive (or zero where a zero
-    amount deletes the level). Strings and JSON numbers are both accepted."""
-    if isinstance(text, str):
-        try:
-            value = float(text)
-        except ValueError:
-            raise MalformedMessageError(f"{what} {text!r:.40} is not numeric") from None
-    elif isinstance(text, int | float) and not isinstance(text, bool):
-        value = float(text)
-    else:
-        raise MalformedMessageError(f"{what} {text!r:.40} is not a number")
-    if not (0.0 <= value < math.inf if zero_ok else 0.0 < value < math.inf):
-        raise MalformedMessageError(f"{what} {text!r:.40} is out of range")
-    return value
-
-
 def check_snapshot(bids: Sequence[tuple[Any, ...]], asks: Sequence[tuple[Any, ...]]) -> None:
     """A snapshot replaces the book, so it must be one the merge can trust: both sides, no
     level with amount 0, prices strictly best-first, not crossed. Levels are (price,
