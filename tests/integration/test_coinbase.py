@@ -188,6 +188,7 @@ async def test_a_stalled_venue_is_stale_and_replaced(
     await books.wait_in_sync(coinbase)
 
 
+@pytest.mark.serial  # an 8 MiB message: kept apart from other tests' timeouts
 async def test_a_huge_message_is_refused_and_the_feed_reconnects(
     nursery: trio.Nursery, coinbase: CoinbaseSimulator
 ) -> None:
