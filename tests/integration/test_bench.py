@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 from rich.console import Console
 
@@ -24,10 +23,6 @@ from aggtrio.bench.ingest import (
 from aggtrio.bench.report import render_ingest
 
 from .harness import ROOT
-
-# The quick benchmark runs a server, venues and four client processes flat out: beside
-# other tests it would starve them past their timeouts (and be starved itself).
-pytestmark = pytest.mark.serial
 
 PERCENTILES = ("p50", "p90", "p99", "p99_9", "max")
 

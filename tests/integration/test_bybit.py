@@ -185,7 +185,6 @@ async def test_malformed_messages_are_counted_and_never_reach_the_book(
     assert not [e for e in watching.events if isinstance(e, VenueDown)]
 
 
-@pytest.mark.serial  # an 8 MiB message: kept apart from other tests' timeouts
 async def test_a_message_beyond_the_size_limit_costs_one_reconnect(
     nursery: trio.Nursery, bybit: BybitSimulator
 ) -> None:

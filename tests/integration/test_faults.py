@@ -249,7 +249,6 @@ async def test_malformed_messages_are_counted_and_never_reach_the_book(
     assert matches_the_simulators(summary, simulators, "ETHBTC")
 
 
-@pytest.mark.serial  # an 8 MiB message: kept apart from other tests' timeouts
 async def test_an_absurdly_large_message_costs_one_reconnect(
     nursery: trio.Nursery, simulators: dict[str, SimulatedVenue]
 ) -> None:

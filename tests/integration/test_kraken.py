@@ -252,7 +252,6 @@ async def test_after_chaos_the_feed_book_is_the_venue_book_again(nursery: trio.N
     assert feed.stats.state is FeedState.LIVE
 
 
-@pytest.mark.serial  # an 8 MiB message: kept apart from other tests' timeouts
 async def test_a_huge_message_costs_a_reconnect_and_nothing_more(nursery: trio.Nursery) -> None:
     venue = KrakenSimulator(Market(seed=28), seed=28, updates_per_second=100.0)
     feed, published = await start(nursery, venue)

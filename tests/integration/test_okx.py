@@ -424,7 +424,6 @@ async def test_a_malformed_message_is_counted_and_the_feed_goes_on(
     assert not [event for event in watcher.history if isinstance(event, VenueDown)]
 
 
-@pytest.mark.serial  # an 8 MiB message: kept apart from other tests' timeouts
 async def test_a_huge_message_costs_one_connection_and_the_book_comes_back(
     nursery: trio.Nursery, okx: OkxSimulator
 ) -> None:

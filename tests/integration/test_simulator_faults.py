@@ -899,7 +899,6 @@ async def test_send_malformed_symbol_and_count(binance: BinanceSimulator) -> Non
         await binance.send_malformed("spicy")
 
 
-@pytest.mark.serial  # an 8 MiB message: kept apart from other tests' timeouts
 async def test_a_huge_message_closes_a_limited_client_and_wedges_nothing(
     venue: SimulatedVenue,
 ) -> None:
